@@ -1,0 +1,1 @@
+"""Datasets: pretraining corpora and downstream evaluation tasks."""

@@ -1,5 +1,62 @@
-"""Downstream tasks: one module per dataset, each returning a `Task` record."""
+"""Downstream tasks: one module per dataset, each returning a `Task` record.
 
+`load_task(name, root, **options)` reads a dataset in its official download layout (or a prepared
+copy, see `prepare_task`); `TASKS` maps each name to its loader. Common options: `unit_sec`,
+`check_files` (default True: missing files raise MissingFilesError listing them), `skip_missing`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from audiorq.data.tasks.assemble import CountMismatchWarning, MissingFilesError, TaskError, find_missing_files
+from audiorq.data.tasks.csvfile import load_csv
+from audiorq.data.tasks.devsets import esc10, fsdd_digits, fsdd_speakers, shared_data_root
+from audiorq.data.tasks.nsynth import load_nsynth
+from audiorq.data.tasks.prepare import PrepareReport, prepare_task
 from audiorq.data.tasks.record import Split, Task
+from audiorq.data.tasks.spcv2 import load_spcv2, load_spcv2_12
+from audiorq.data.tasks.us8k import load_us8k
+from audiorq.data.tasks.vc1 import load_vc1
+from audiorq.data.tasks.voxforge import load_voxforge
 
-__all__ = ["Split", "Task"]
+TASKS: dict[str, Callable[..., Task]] = {
+    "nsynth": load_nsynth,
+    "us8k": load_us8k,
+    "vc1": load_vc1,
+    "voxforge": load_voxforge,
+    "spcv2": load_spcv2,
+    "spcv2_12": load_spcv2_12,
+    "csv": load_csv,
+    "fsdd_digits": fsdd_digits,
+    "fsdd_speakers": fsdd_speakers,
+    "esc10": esc10,
+}
+
+
+def load_task(name: str, root: str | os.PathLike, **options) -> Task:
+    """Read task `name` from `root` (for "csv": the CSV file) with the loader's keyword options."""
+    try:
+        loader = TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+    return loader(root, **options)
+
+
+__all__ = [
+    "TASKS",
+    "CountMismatchWarning",
+    "MissingFilesError",
+    "PrepareReport",
+    "Split",
+    "Task",
+    "TaskError",
+    "esc10",
+    "find_missing_files",
+    "fsdd_digits",
+    "fsdd_speakers",
+    "load_task",
+    "prepare_task",
+    "shared_data_root",
+]

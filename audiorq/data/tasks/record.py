@@ -32,7 +32,17 @@ class Task:
     splits: tuple[Split, ...]  # one for train/valid/test tasks, one per held-out fold for LOOCV tasks
     variant: str = ""  # e.g. the SPCV2/12 silence variant; recorded in results
     info: dict = field(default_factory=dict)  # free-form provenance (source dir, counts checked, ...)
+    # (N, 2) float64 (start_sec, duration_sec) per item, for items that are a window of a longer file
+    # (SPCV2/12 silence clips); duration NaN = to the end of the file. None: every item is a whole file.
+    spans: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    def span(self, i: int) -> tuple[float, float | None]:
+        """(start, duration) in seconds of item i, as `audiorq.audio.load_audio` takes them."""
+        if self.spans is None:
+            return 0.0, None
+        start, duration = (float(v) for v in self.spans[i])
+        return start, (None if duration != duration else duration)

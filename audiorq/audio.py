@@ -93,9 +93,9 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """Band-limited resampling of (..., S) with torchaudio (scipy polyphase if torchaudio is unusable)."""
     if orig_sr == new_sr:
         return wave
-    functional = _torchaudio_functional()
-    if functional is not None:
-        return functional.resample(wave, orig_sr, new_sr)
+    resampler = _resampler(orig_sr, new_sr)
+    if resampler is not None:
+        return resampler.to(wave.device)(wave)
     from scipy.signal import resample_poly
 
     g = math.gcd(orig_sr, new_sr)
@@ -103,15 +103,16 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     return torch.from_numpy(out.astype(np.float32))
 
 
-@lru_cache(maxsize=1)
-def _torchaudio_functional():
+@lru_cache(maxsize=16)
+def _resampler(orig_sr: int, new_sr: int):
+    # Cached because building the windowed-sinc kernel costs more than resampling a short crop.
     # torchaudio raises OSError (not ImportError) when its native library does not match torch.
     try:
-        import torchaudio.functional as functional
+        from torchaudio.transforms import Resample
     except (ImportError, OSError) as e:
         warnings.warn(f"torchaudio unusable ({e}); resampling with scipy instead", stacklevel=3)
         return None
-    return functional
+    return Resample(orig_sr, new_sr)
 
 
 def save_audio(path: str | os.PathLike, wave: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> None:

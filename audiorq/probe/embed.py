@@ -1,0 +1,396 @@
+"""Task checks, log-mel normalization statistics and frozen-encoder embeddings, cached on disk.
+
+Cache layout under `cache_dir`:
+  norm/<task>-<key16>.json                 log-mel mean/std of a task (depends on task, preset, frontend)
+  <task>[-<variant>]-<preset>-<encoder>-<key16>.pt   embeddings; <key16> hashes everything that changes them
+Each file stores its full key and is only used when the stored key equals the wanted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from audiorq.atomic import atomic_torch_save, atomic_write_text
+from audiorq.audio import SAMPLE_RATE, load_audio, pad_or_crop
+from audiorq.config import to_dict
+from audiorq.data.tasks.record import Split, Task
+from audiorq.frontend import LogMelSpectrogram
+from audiorq.probe.encoders import EncoderInfo
+from audiorq.probe.presets import ProbeConfig
+
+CACHE_VERSION = 1
+N_SHOWN = 5
+
+
+class ProbeError(ValueError):
+    """A task or setting the probe cannot evaluate; the message says which file, class or key, and why."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Task checks and subsets
+
+
+def check_task(task: Task, skip_missing: bool = False) -> Task:
+    """Stop on missing files (count + first paths) unless `skip_missing` (then drop them) and on classes
+    absent from a training set (named). Returns the task, restricted when files were dropped."""
+    missing = sorted({f for f in task.files if not os.path.isfile(f)})
+    if missing:
+        if not skip_missing:
+            shown = "\n  ".join(missing[:N_SHOWN])
+            more = f"\n  ... and {len(missing) - N_SHOWN} more" if len(missing) > N_SHOWN else ""
+            raise ProbeError(
+                f"{task.name}: {len(missing)} of {len(set(task.files))} files are missing:\n  {shown}{more}\n"
+                "(use --skip-missing / skip_missing=True to evaluate without them)"
+            )
+        warnings.warn(f"{task.name}: skipping {len(missing)} missing files, e.g. {missing[:N_SHOWN]}", stacklevel=2)
+        gone = set(missing)
+        task = restrict_task(task, np.array([f not in gone for f in task.files]))
+    for split in task.splits:
+        present = set(task.labels[split.train].tolist())
+        absent = [task.classes[c] for c in range(task.n_classes) if c not in present]
+        if absent:
+            raise ProbeError(
+                f"{task.name}: class(es) {absent} absent from the training set of split {split.name!r}; "
+                "a linear classifier cannot learn them"
+            )
+    return task
+
+
+def restrict_task(task: Task, keep: np.ndarray) -> Task:
+    """The task with only the items where `keep` (N,) bool is True; split indices are renumbered."""
+    keep = np.asarray(keep, dtype=bool)
+    new_index = np.cumsum(keep) - 1
+
+    def remap(idx: np.ndarray | None) -> np.ndarray | None:
+        if idx is None:
+            return None
+        idx = np.asarray(idx)
+        return new_index[idx[keep[idx]]].astype(np.int64)
+
+    splits = tuple(
+        Split(s.name, train=remap(s.train), valid=remap(s.valid), test=remap(s.test)) for s in task.splits
+    )
+    for s in splits:
+        if len(s.train) == 0 or len(s.test) == 0:
+            raise ProbeError(f"{task.name}: split {s.name!r} has an empty train or test set after dropping files")
+    kept = np.flatnonzero(keep)
+    changes = dict(
+        files=tuple(task.files[i] for i in kept), labels=task.labels[kept], splits=splits,
+        info={**task.info, "n_dropped": int((~keep).sum())},
+    )
+    if getattr(task, "spans", None) is not None:
+        changes["spans"] = task.spans[kept]
+    return dataclasses.replace(task, **changes)
+
+
+def subsample_task(task: Task, max_per_class: int, seed: int = 0) -> Task:
+    """A quick-look subset: at most `max_per_class` items per class in each set of the first split.
+
+    For fold tasks (first split train + test = every item) this keeps about `max_per_class` per class per
+    held-out fold on average. Meant for smoke tests and dry runs, not for reported numbers.
+    """
+    rng = np.random.default_rng(seed)
+    first = task.splits[0]
+    keep = np.zeros(len(task.files), dtype=bool)
+    for idx in (first.train, first.valid, first.test):
+        if idx is None:
+            continue
+        for c in range(task.n_classes):
+            members = idx[task.labels[idx] == c]
+            keep[rng.permutation(members)[:max_per_class]] = True
+    return restrict_task(task, keep)
+
+
+def task_fingerprint(task: Task) -> str:
+    """sha256 of what identifies a task's clips: name, variant, unit_sec, files, labels, spans, splits."""
+    h = hashlib.sha256()
+    h.update(f"{task.name}|{task.variant}|{task.unit_sec}|{len(task.files)}|".encode())
+    h.update("\n".join(task.files).encode())
+    h.update(np.ascontiguousarray(task.labels, dtype=np.int64).tobytes())
+    spans = getattr(task, "spans", None)
+    if spans is not None:
+        h.update(np.ascontiguousarray(spans, dtype=np.float64).tobytes())
+    for s in task.splits:
+        h.update(s.name.encode())
+        for idx in (s.train, s.valid, s.test):
+            h.update(b"none" if idx is None else np.ascontiguousarray(idx, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Clips
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Items `indices` of a task as fixed-length waveforms (unit_sec * 16 kHz,), padded/cropped by `policy`.
+
+    Each item's random crop comes from its own generator seeded by (seed, role, path, span), so a clip gets
+    the same crop whatever batch, worker or subset it is loaded in.
+    """
+
+    def __init__(self, task: Task, indices: np.ndarray, policy: str, role: str, seed: int):
+        self.task, self.indices, self.policy, self.role, self.seed = task, np.asarray(indices), policy, role, seed
+        self.n_samples = int(round(task.unit_sec * SAMPLE_RATE))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        i = int(self.indices[k])
+        path = self.task.files[i]
+        start, duration = _span(self.task, i)
+        wave = load_audio(path, start=start, duration=duration)
+        item_seed = zlib.crc32(f"{self.seed}|{self.role}|{path}|{start}".encode())
+        generator = torch.Generator().manual_seed(item_seed)
+        return pad_or_crop(wave, self.n_samples, self.policy, self.role, generator)
+
+
+def _span(task: Task, i: int) -> tuple[float, float | None]:
+    if getattr(task, "spans", None) is None:
+        return 0.0, None
+    return task.span(i)
+
+
+def _batches(dataset: ClipDataset, batch_size: int, workers: int, device: torch.device):
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
+    )
+    for wave in loader:
+        yield wave.to(device, non_blocking=True)
+
+
+def crop_role(policy: str, split: str) -> str:
+    """Which crop a clip gets in `split`: "test" (head crop) only for evar's test split, else "train"."""
+    return "test" if (policy == "evar" and split == "test") else "train"
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalization statistics (eval-protocol §1.5)
+
+
+def norm_stats_files(task: Task, config: ProbeConfig) -> np.ndarray:
+    """Indices of the clips the norm stats are computed from: min(norm_files, pool) drawn at random."""
+    first = task.splits[0]
+    carved = all(s.valid is None for s in task.splits) and len(task.splits) > 1
+    if config.norm_source == "train_or_all_folds" and carved:
+        pool = np.unique(np.concatenate([np.concatenate([s.train, s.test]) for s in task.splits]))
+    else:
+        pool = np.asarray(first.train)
+    rng = np.random.default_rng(config.seed)
+    return np.sort(rng.choice(pool, size=min(config.norm_files, len(pool)), replace=False))
+
+
+@torch.no_grad()
+def compute_norm_stats(
+    task: Task,
+    config: ProbeConfig,
+    frontend: LogMelSpectrogram,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[float, float]:
+    """Scalar mean and std of the padded/cropped log-mels of the `norm_stats_files` clips (float64 sums)."""
+    device = torch.device(device)
+    frontend = frontend.to(device)
+    dataset = ClipDataset(task, norm_stats_files(task, config), config.pad_crop, "train", config.seed)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    total_sq = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    bar = tqdm(total=len(dataset), desc=f"{task.name} norm stats", unit="clip", disable=not progress, leave=False)
+    for wave in _batches(dataset, config.embed_batch_size, workers, device):
+        lms = frontend(wave).double()
+        total += lms.sum()
+        total_sq += lms.square().sum()
+        count += lms.numel()
+        bar.update(len(wave))
+    bar.close()
+    mean = (total / count).item()
+    var = max((total_sq / count).item() - mean * mean, 0.0)
+    return mean, var ** 0.5
+
+
+def _key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text)[:60]
+
+
+def cached_norm_stats(
+    task: Task,
+    config: ProbeConfig,
+    frontend: LogMelSpectrogram,
+    frontend_config: dict,
+    cache_dir: str | os.PathLike | None,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[float, float]:
+    """`compute_norm_stats`, read from / written to `cache_dir/norm/` when a cache folder is given."""
+    key = {
+        "version": CACHE_VERSION, "task": task_fingerprint(task), "pad_crop": config.pad_crop,
+        "norm_files": config.norm_files, "norm_source": config.norm_source, "seed": config.seed,
+        "frontend": frontend_config,
+    }
+    path = Path(cache_dir) / "norm" / f"{_safe(task.name)}-{_key_hash(key)[:16]}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key:
+                return float(stored["mean"]), float(stored["std"])
+        except (ValueError, KeyError, TypeError):
+            warnings.warn(f"ignoring unreadable norm-stats cache {path}", stacklevel=2)
+    mean, std = compute_norm_stats(task, config, frontend, device, workers, progress)
+    if path is not None:
+        atomic_write_text(path, json.dumps({"key": key, "mean": mean, "std": std}, indent=1))
+    return mean, std
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings (eval-protocol §1.6)
+
+
+@dataclasses.dataclass
+class TaskEmbeddings:
+    """Embeddings of a task's clips, per crop role ("train"; and "test" under evar's head crop).
+
+    `roles[role]` = (indices (n,) int64 into task.files, embeddings (n, d) float32 on the CPU).
+    """
+
+    task: Task
+    roles: dict[str, tuple[np.ndarray, torch.Tensor]]
+    norm_mean: float
+    norm_std: float
+    policy: str
+    cache_path: Path | None = None
+    from_cache: bool = False
+
+    def get(self, split: str, indices: np.ndarray) -> torch.Tensor:
+        """Embeddings (len(indices), d) of task items `indices` as they are cropped in `split`."""
+        stored, emb = self.roles[crop_role(self.policy, split)]
+        pos = np.searchsorted(stored, indices)
+        if np.any(pos >= len(stored)) or np.any(stored[np.minimum(pos, len(stored) - 1)] != indices):
+            raise ProbeError(f"{self.task.name}: items requested for {split} were not embedded")
+        return emb[torch.from_numpy(pos)]
+
+    def split_data(self, split: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
+        """{"train"|"valid"|"test": (x (n, d), y (n,) int64) or None (valid to be carved)} for one split."""
+        out: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        for name in ("train", "valid", "test"):
+            idx = getattr(split, name)
+            out[name] = None if idx is None else (self.get(name, idx), torch.from_numpy(self.task.labels[idx]))
+        return out
+
+
+def role_indices(task: Task, policy: str) -> dict[str, np.ndarray]:
+    """Which items need embedding under each crop role (sorted unique indices)."""
+    wanted: dict[str, list[np.ndarray]] = {}
+    for s in task.splits:
+        for name in ("train", "valid", "test"):
+            idx = getattr(s, name)
+            if idx is not None:
+                wanted.setdefault(crop_role(policy, name), []).append(np.asarray(idx))
+    return {role: np.unique(np.concatenate(parts)).astype(np.int64) for role, parts in wanted.items()}
+
+
+@torch.no_grad()
+def embed_clips(
+    encoder: nn.Module,
+    frontend: LogMelSpectrogram,
+    dataset: ClipDataset,
+    norm_mean: float,
+    norm_std: float,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "embedding",
+) -> torch.Tensor:
+    """Waveforms -> log-mel -> (x - mean) / std -> frozen encoder: (len(dataset), d) float32 on the CPU."""
+    device = torch.device(device)
+    frontend = frontend.to(device)
+    encoder.eval()
+    out = []
+    bar = tqdm(total=len(dataset), desc=desc, unit="clip", disable=not progress, leave=False)
+    for wave in _batches(dataset, batch_size, workers, device):
+        lms = (frontend(wave) - norm_mean) / norm_std
+        out.append(encoder(lms).float().cpu())
+        bar.update(len(wave))
+    bar.close()
+    if not out:
+        raise ProbeError(f"{dataset.task.name}: nothing to embed")
+    return torch.cat(out)
+
+
+def embed_task(
+    encoder: nn.Module,
+    info: EncoderInfo,
+    task: Task,
+    config: ProbeConfig,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> TaskEmbeddings:
+    """Norm stats + embeddings of every clip a task's splits use, from the cache when the key matches.
+
+    The key holds everything that changes the embeddings: encoder weights hash, task fingerprint (name,
+    variant, files, labels, spans, splits), preset and its crop/norm settings, unit_sec, frontend config.
+    """
+    frontend_config = to_dict(info.frontend)
+    frontend = LogMelSpectrogram.from_config(info.frontend)
+    mean, std = cached_norm_stats(task, config, frontend, frontend_config, cache_dir, device, workers, progress)
+    key = {
+        "version": CACHE_VERSION, "encoder": info.weights_hash, "encoder_kind": info.kind, "task": task.name,
+        "variant": task.variant, "task_fingerprint": task_fingerprint(task), "preset": config.preset,
+        "pad_crop": config.pad_crop, "seed": config.seed, "unit_sec": task.unit_sec, "frontend": frontend_config,
+        "norm_stats": [mean, std],
+    }
+    path = None
+    if cache_dir is not None:
+        stem = "-".join(_safe(p) for p in (task.name, task.variant, config.preset, info.name) if p)
+        path = Path(cache_dir) / f"{stem}-{_key_hash(key)[:16]}.pt"
+        cached = _read_cache(path, key)
+        if cached is not None:
+            return TaskEmbeddings(task, cached, mean, std, config.pad_crop, path, from_cache=True)
+    roles = {}
+    for role, idx in role_indices(task, config.pad_crop).items():
+        dataset = ClipDataset(task, idx, config.pad_crop, role, config.seed)
+        emb = embed_clips(
+            encoder, frontend, dataset, mean, std, config.embed_batch_size, device, workers, progress,
+            desc=f"{task.name} embed ({role} crops)",
+        )
+        roles[role] = (idx, emb)
+    if path is not None:
+        payload = {
+            "key": key,
+            "roles": {r: {"indices": torch.from_numpy(i), "embeddings": e} for r, (i, e) in roles.items()},
+        }
+        atomic_torch_save(payload, path)
+    return TaskEmbeddings(task, roles, mean, std, config.pad_crop, path, from_cache=False)
+
+
+def _read_cache(path: Path, key: dict) -> dict[str, tuple[np.ndarray, torch.Tensor]] | None:
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("key") != key:
+            return None
+        return {r: (v["indices"].numpy().astype(np.int64), v["embeddings"]) for r, v in payload["roles"].items()}
+    except Exception as e:  # a truncated or foreign file: recompute rather than fail
+        warnings.warn(f"ignoring unreadable embedding cache {path}: {e}", stacklevel=2)
+        return None

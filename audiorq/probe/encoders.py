@@ -1,0 +1,231 @@
+"""Encoders to probe: audiorq checkpoints, exported / BYOL-A state dicts, and two baselines.
+
+Encoder specs (strings, as the CLI takes them):
+  RUN_DIR                a pretraining run folder: its checkpoint.pt, else its encoder.pth
+  path/checkpoint.pt     audiorq checkpoint: dict with "encoder" (state dict) and "config" (incl. "frontend")
+  path/encoder.pth       plain AudioNTT2020 state dict (audiorq export or a BYOL-A release); d and n_mels are
+                         read from fc.0.weight, shape (d, 64 * n_mels / 8)
+  random[:d=2048,seed=0,n_mels=64]        randomly initialized AudioNTT2020 (seeded) baseline
+  logmel[:stats=mean+std+max,n_mels=64]   time-pooled log-mel statistics baseline (len(stats) * n_mels dims)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict, to_dict
+from audiorq.models.ntt import AudioNTT2020
+
+POOLED_STATS = ("mean", "std", "max", "min")
+
+
+class EncoderError(ValueError):
+    """An encoder spec or file that cannot be used; the message names the file or spec and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderInfo:
+    """What was loaded: a display name, the kind, output size, the log-mel frontend it expects, a weights hash."""
+
+    name: str
+    kind: str  # checkpoint | state_dict | random | logmel
+    d: int
+    n_mels: int
+    frontend: FrontendConfig
+    weights_hash: str  # sha256 over parameter/buffer names, shapes and values (or the baseline's definition)
+    source: str  # the spec or path it came from
+
+
+class LogMelStats(nn.Module):
+    """Baseline "encoder": log-mel (B, 1, F, T) -> per-bin statistics over time (B, len(stats) * F)."""
+
+    def __init__(self, stats: tuple[str, ...] = ("mean", "std", "max")):
+        super().__init__()
+        bad = [s for s in stats if s not in POOLED_STATS]
+        if bad or not stats:
+            raise EncoderError(f"logmel stats must be a non-empty subset of {POOLED_STATS}, got {stats}")
+        self.stats = tuple(stats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, F, T) -> (B, len(stats) * F), statistics concatenated in `stats` order."""
+        x = x.squeeze(1)
+        pooled = {
+            "mean": lambda: x.mean(dim=-1),
+            "std": lambda: x.std(dim=-1, unbiased=False),
+            "max": lambda: x.amax(dim=-1),
+            "min": lambda: x.amin(dim=-1),
+        }
+        return torch.cat([pooled[s]() for s in self.stats], dim=1)
+
+
+def state_dict_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and values (container-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)  # 1-D: 0-d tensors cannot be viewed as bytes
+        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def infer_ntt_shape(state: dict[str, torch.Tensor], where: str) -> tuple[int, int]:
+    """(d, n_mels) of an AudioNTT2020 state dict from fc.0.weight, shape (d, 64 * n_mels / 8)."""
+    w = state.get("fc.0.weight")
+    if w is None or w.dim() != 2:
+        keys = ", ".join(list(state)[:6])
+        raise EncoderError(f"{where}: not an AudioNTT2020 state dict (no 2-D fc.0.weight; keys start {keys})")
+    d, n_in = w.shape
+    if n_in % 8:
+        raise EncoderError(f"{where}: fc.0.weight has {n_in} inputs, not 64 * n_mels / 8")
+    return int(d), int(n_in // 8)
+
+
+def load_encoder(
+    spec: str,
+    device: str | torch.device = "cpu",
+    frontend_overrides: list[str] | tuple[str, ...] = (),
+    name: str | None = None,
+) -> tuple[nn.Module, EncoderInfo]:
+    """Load an encoder (spec forms in the module docstring), frozen in eval mode on `device`.
+
+    Returns the module (log-mel (B, 1, n_mels, T) -> (B, d)) and its `EncoderInfo`.
+    `frontend_overrides` are ``key=value`` changes to the frontend it expects (e.g. ``mel_scale=htk`` for
+    a BYOL-A v1 model trained on torchaudio's HTK filters).
+    """
+    spec = str(spec)
+    base, _, options = spec.partition(":")
+    if base in ("random", "logmel") and not Path(spec).exists():
+        opts = _parse_options(options, spec)
+        if base == "random":
+            module, info = _random_encoder(opts, spec)
+        else:
+            module, info = _logmel_encoder(opts, spec)
+    else:
+        module, info = _file_encoder(Path(spec).expanduser())
+    frontend = _override_frontend(info.frontend, frontend_overrides)
+    if frontend.n_mels != info.n_mels:
+        raise EncoderError(f"{spec}: frontend n_mels={frontend.n_mels} but the encoder takes {info.n_mels} mel bins")
+    info = dataclasses.replace(info, frontend=frontend, name=name or info.name)
+    module.eval().requires_grad_(False).to(device)
+    return module, info
+
+
+def _parse_options(text: str, spec: str) -> dict[str, str]:
+    opts = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise EncoderError(f"encoder spec {spec!r}: option {part!r} is not key=value")
+        opts[key.strip()] = value.strip()
+    return opts
+
+
+def _int_option(opts: dict[str, str], key: str, default: int, spec: str) -> int:
+    try:
+        return int(opts.pop(key, default))
+    except ValueError:
+        raise EncoderError(f"encoder spec {spec!r}: {key} must be an integer") from None
+
+
+def _no_leftovers(opts: dict[str, str], spec: str, allowed: str) -> None:
+    if opts:
+        raise EncoderError(f"encoder spec {spec!r}: unknown option(s) {sorted(opts)}; allowed: {allowed}")
+
+
+def _random_encoder(opts: dict[str, str], spec: str) -> tuple[nn.Module, EncoderInfo]:
+    d = _int_option(opts, "d", 2048, spec)
+    seed = _int_option(opts, "seed", 0, spec)
+    n_mels = _int_option(opts, "n_mels", 64, spec)
+    _no_leftovers(opts, spec, "d, seed, n_mels")
+    # A private RNG stream: the caller's global torch RNG is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            module = AudioNTT2020(n_mels=n_mels, d=d)
+        except ValueError as e:
+            raise EncoderError(f"encoder spec {spec!r}: {e}") from None
+    info = EncoderInfo(
+        name=f"random-d{d}-seed{seed}", kind="random", d=d, n_mels=n_mels, frontend=FrontendConfig(n_mels=n_mels),
+        weights_hash=state_dict_hash(module.state_dict()), source=spec,
+    )
+    return module, info
+
+
+def _logmel_encoder(opts: dict[str, str], spec: str) -> tuple[nn.Module, EncoderInfo]:
+    stats = tuple(s for s in opts.pop("stats", "mean+std+max").split("+") if s)
+    n_mels = _int_option(opts, "n_mels", 64, spec)
+    _no_leftovers(opts, spec, "stats, n_mels")
+    module = LogMelStats(stats)
+    definition = f"logmel|{'+'.join(stats)}|{n_mels}"
+    info = EncoderInfo(
+        name=f"logmel-{'+'.join(stats)}", kind="logmel", d=len(stats) * n_mels, n_mels=n_mels,
+        frontend=FrontendConfig(n_mels=n_mels), weights_hash=hashlib.sha256(definition.encode()).hexdigest(),
+        source=spec,
+    )
+    return module, info
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # audiorq checkpoints also hold numpy RNG states, which the weights-only unpickler refuses;
+        # the user named this file as a trusted checkpoint.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, OSError, EOFError) as e:
+        raise EncoderError(f"{path}: cannot read as a torch checkpoint ({e})") from None
+
+
+def _file_encoder(path: Path) -> tuple[nn.Module, EncoderInfo]:
+    if path.is_dir():
+        for candidate in ("checkpoint.pt", "encoder.pth"):
+            if (path / candidate).is_file():
+                path = path / candidate
+                break
+        else:
+            raise EncoderError(f"{path}: folder has neither checkpoint.pt nor encoder.pth")
+    if not path.is_file():
+        raise EncoderError(f"{path}: encoder not found (expected a checkpoint file or folder, 'random' or 'logmel')")
+    obj = _torch_load(path)
+    config: dict = {}
+    if isinstance(obj, dict) and isinstance(obj.get("encoder"), dict):
+        kind, state, config = "checkpoint", obj["encoder"], obj.get("config") or {}
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        kind, state = "state_dict", obj
+    else:
+        raise EncoderError(f"{path}: neither an audiorq checkpoint (dict with 'encoder') nor a state dict")
+    # DataParallel / DDP checkpoints prefix every name with "module.".
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    d, n_mels = infer_ntt_shape(state, str(path))
+    module = AudioNTT2020(n_mels=n_mels, d=d)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise EncoderError(f"{path}: state dict does not fit AudioNTT2020(n_mels={n_mels}, d={d}): {e}") from None
+    frontend = FrontendConfig(n_mels=n_mels)
+    if isinstance(config, dict) and config.get("frontend"):
+        try:
+            frontend = from_dict(FrontendConfig, config["frontend"], "frontend.")
+        except ConfigError as e:
+            raise EncoderError(f"{path}: bad frontend section in the checkpoint config: {e}") from None
+    name = f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
+    info = EncoderInfo(
+        name=name, kind=kind, d=d, n_mels=n_mels, frontend=frontend, weights_hash=state_dict_hash(state),
+        source=str(path),
+    )
+    return module, info
+
+
+def _override_frontend(frontend: FrontendConfig, overrides: list[str] | tuple[str, ...]) -> FrontendConfig:
+    if not overrides:
+        return frontend
+    cfg = from_dict(FrontendConfig, apply_overrides(to_dict(frontend), overrides), "frontend.")
+    cfg.validate()
+    return cfg

@@ -1,0 +1,110 @@
+"""Result rows, summaries and the markdown table beside the paper's Table 9."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from audiorq.atomic import append_csv_rows, atomic_write_text
+
+# Table 9 of the RQ paper (linear probe accuracy, %), design.md.
+PAPER_TASKS = ("nsynth", "us8k", "vc1", "voxforge", "spcv2_12", "spcv2")
+TASK_COLUMNS = {"nsynth": "NS", "us8k": "US8K", "vc1": "VC1", "voxforge": "VF", "spcv2_12": "SPCV2/12",
+                "spcv2": "SPCV2"}
+PAPER_TABLE9 = {
+    "BYOL-A (paper: RRC + Mixup)": {"nsynth": 74.1, "us8k": 79.1, "vc1": 40.1, "voxforge": 90.2, "spcv2_12": 91.0,
+                                    "spcv2": 92.2, "avg": 77.8},
+    "RQ (paper: RRC + RQ, 5 bins)": {"nsynth": 74.2, "us8k": 78.0, "vc1": 45.7, "voxforge": 92.6, "spcv2_12": 95.1,
+                                     "spcv2": 92.1, "avg": 79.6},
+}
+
+SCORE_FIELDS = [
+    "probe_id", "time", "model", "ckpt", "encoder_hash", "d", "preset", "task", "variant", "unit_sec", "fold",
+    "run", "seed", "lr", "best_epoch", "epochs", "val_acc", "test_acc", "n_train", "n_valid", "n_test",
+    "n_classes", "norm_mean", "norm_std", "device",
+]
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (probe_id, model, preset, task): score of each run = mean over folds; mean and std (ddof 0) over runs.
+
+    Returns dicts with model, preset, task, variant, mean, std (fractions), runs, folds, probe_id.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["probe_id"], row["model"], row["preset"], row["task"])].append(row)
+    out = []
+    for (probe_id, model, preset, task), group in groups.items():
+        per_run: dict[str, list[float]] = defaultdict(list)
+        for row in group:
+            per_run[str(row["run"])].append(float(row["test_acc"]))
+        scores = np.array([np.mean(v) for v in per_run.values()])
+        out.append({
+            "probe_id": probe_id, "model": model, "preset": preset, "task": task, "variant": group[0]["variant"],
+            "mean": float(scores.mean()), "std": float(scores.std()), "runs": len(scores),
+            "folds": len({str(r["fold"]) for r in group}),
+        })
+    return out
+
+
+def latest_summaries(rows: list[dict]) -> list[dict]:
+    """`summarize`, keeping for each (model, preset, task) only its latest probe invocation."""
+    latest: dict[tuple, dict] = {}
+    for s in summarize(rows):  # probe ids sort by time
+        key = (s["model"], s["preset"], s["task"])
+        if key not in latest or s["probe_id"] > latest[key]["probe_id"]:
+            latest[key] = s
+    return list(latest.values())
+
+
+def format_table(summaries: list[dict], paper: bool = True) -> str:
+    """Markdown table: the paper's Table 9 rows (optional), then one row per (model, preset), accuracy in %
+    as mean ± std; columns are the paper's six tasks in order, then any other task; Avg over the six."""
+    tasks = [t for t in PAPER_TASKS if paper or any(s["task"] == t for s in summaries)]
+    tasks += sorted({s["task"] for s in summaries} - set(PAPER_TASKS))
+    header = ["Model", *(TASK_COLUMNS.get(t, t) for t in tasks), "Avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if paper:
+        for name, scores in PAPER_TABLE9.items():
+            cells = [f"{scores[t]:.1f}" if t in scores else "" for t in tasks]
+            lines.append("| " + " | ".join([name, *cells, f"{scores['avg']:.1f}"]) + " |")
+    by_model: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for s in summaries:
+        by_model[(s["model"], s["preset"])][s["task"]] = s
+    for (model, preset), scores in by_model.items():
+        cells = [
+            f"{100 * scores[t]['mean']:.1f} ± {100 * scores[t]['std']:.1f}" if t in scores else "–" for t in tasks
+        ]
+        have_all = all(t in scores for t in PAPER_TASKS)
+        avg = f"{100 * np.mean([scores[t]['mean'] for t in PAPER_TASKS]):.1f}" if have_all else "–"
+        lines.append("| " + " | ".join([f"{model} [{preset}]", *cells, avg]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_scores(path: str | os.PathLike) -> list[dict]:
+    """Rows of a scores.csv (empty list when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(rows: list[dict], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Append rows to out_dir/scores.csv (earlier rows kept) and rewrite out_dir/table.md from every row in it
+    (latest invocation per model, preset and task), atomically. Returns both paths."""
+    out_dir = Path(out_dir)
+    scores = out_dir / "scores.csv"
+    append_csv_rows(scores, rows, SCORE_FIELDS)
+    table = out_dir / "table.md"
+    text = (
+        "# Linear-probe accuracy (%), mean ± std over classifier runs\n\n"
+        "Paper rows: RQ paper Table 9 (BYOL-A protocol). Ours: the latest run per model/preset/task in "
+        "scores.csv.\n\n" + format_table(latest_summaries(read_scores(scores)))
+    )
+    atomic_write_text(table, text)
+    return scores, table

@@ -1,0 +1,190 @@
+"""`linear_probe`: encoder + task -> embeddings (cached) -> classifier runs per fold -> rows, summary, files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from audiorq.data.tasks.record import Task
+from audiorq.probe.classifier import ClassifierRun, train_linear_classifier
+from audiorq.probe.embed import ProbeError, TaskEmbeddings, check_task, embed_task, subsample_task
+from audiorq.probe.encoders import EncoderInfo, load_encoder
+from audiorq.probe.presets import ProbeConfig, probe_config
+from audiorq.probe.report import format_table, summarize, write_results
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """Per-run rows (one per fold x run), the per-task summary (mean/std over runs) and where files went."""
+
+    rows: list[dict]
+    summary: list[dict]
+    embeddings: TaskEmbeddings
+    runs: list[list[ClassifierRun]]  # [fold][run]
+    scores_csv: Path | None = None
+    table_md: Path | None = None
+
+    @property
+    def mean(self) -> float:
+        return self.summary[0]["mean"]
+
+    @property
+    def std(self) -> float:
+        return self.summary[0]["std"]
+
+    def table(self) -> str:
+        return format_table(self.summary)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto"/None -> cuda when available, else cpu."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def new_probe_id() -> str:
+    """A sortable id for one probe invocation: UTC time + random suffix."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def linear_probe(
+    encoder: str | tuple[nn.Module, EncoderInfo],
+    task: Task,
+    preset: str | ProbeConfig = "byola",
+    runs: int | None = None,
+    device: str | torch.device | None = "cpu",
+    out_dir: str | os.PathLike | None = "results",
+    cache_dir: str | os.PathLike | None = None,
+    skip_missing: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+    frontend_overrides: list[str] | tuple[str, ...] = (),
+    max_per_class: int | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    probe_id: str | None = None,
+) -> ProbeResult:
+    """Linear-probe `encoder` (a spec for `load_encoder`, or an already loaded (module, info)) on `task`.
+
+    preset: "byola" | "evar" or a ProbeConfig; `overrides` (``key=value``) and `runs` change it.
+    cache_dir: embedding cache (default out_dir/cache; None with out_dir None = no cache).
+    out_dir: scores.csv gets one row per fold x run appended; table.md is rewritten from it. None: no files.
+    max_per_class: evaluate a per-class subset (`subsample_task`), for smoke tests only.
+    """
+    config = probe_config(preset, overrides, runs=runs)
+    device = resolve_device(device)
+    if isinstance(encoder, str):
+        module, info = load_encoder(encoder, device, frontend_overrides)
+    else:
+        module, info = encoder
+        module.to(device)
+    if cache_dir is None and out_dir is not None:
+        cache_dir = Path(out_dir) / "cache"
+
+    task = check_task(task, skip_missing=skip_missing)
+    if max_per_class:
+        task = subsample_task(task, max_per_class, seed=config.seed)
+    embeddings = embed_task(module, info, task, config, device, cache_dir, workers, progress)
+
+    lr = config.lr_for(task.name)
+    probe_id = probe_id or new_probe_id()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows: list[dict] = []
+    all_runs: list[list[ClassifierRun]] = []
+    for split in tqdm(task.splits, desc=f"{task.name} folds", unit="fold",
+                      disable=not progress or len(task.splits) == 1, leave=False):
+        data = embeddings.split_data(split)
+        (x_tr, y_tr), (x_te, y_te) = data["train"], data["test"]
+        x_va, y_va = data["valid"] if data["valid"] is not None else (None, None)
+        fold_runs = train_linear_classifier(
+            x_tr, y_tr, x_va, y_va, x_te, y_te, task.n_classes, seeds=config.seeds, lr=lr,
+            weight_decay=config.weight_decay, batch_size=config.batch_size, max_epochs=config.max_epochs,
+            patience=config.patience, loss=config.loss, valid_fraction=config.valid_fraction, device=device,
+            progress=progress,
+        )
+        all_runs.append(fold_runs)
+        for r, run in enumerate(fold_runs):
+            rows.append({
+                "probe_id": probe_id, "time": stamp, "model": info.name, "ckpt": info.source,
+                "encoder_hash": info.weights_hash[:16], "d": info.d, "preset": config.preset, "task": task.name,
+                "variant": task.variant, "unit_sec": task.unit_sec, "fold": split.name, "run": r,
+                "seed": run.seed, "lr": lr, "best_epoch": run.best_epoch, "epochs": run.epochs,
+                "val_acc": round(run.val_acc, 6), "test_acc": round(run.test_acc, 6), "n_train": run.n_train,
+                "n_valid": run.n_valid, "n_test": run.n_test, "n_classes": task.n_classes,
+                "norm_mean": round(embeddings.norm_mean, 6), "norm_std": round(embeddings.norm_std, 6),
+                "device": device.type,
+            })
+    result = ProbeResult(rows=rows, summary=summarize(rows), embeddings=embeddings, runs=all_runs)
+    if out_dir is not None:
+        result.scores_csv, result.table_md = write_results(rows, out_dir)
+    return result
+
+
+def parse_task_data(tasks: str, data: str) -> dict[str, dict]:
+    """Which task reads which data: {task: {"root": path, **options}}.
+
+    `data` is a folder (one task named by `tasks`), a YAML file mapping task -> folder (or -> mapping with
+    "root" and reader options), or ``task=folder[,task=folder...]``. `tasks` is a name, a comma list, or
+    "all" (every task `data` names).
+    """
+    if Path(data).suffix in (".yaml", ".yml") and Path(data).is_file():
+        mapping = yaml.safe_load(Path(data).read_text()) or {}
+        if not isinstance(mapping, dict):
+            raise ProbeError(f"{data}: expected a mapping of task name -> data folder")
+    elif "=" in data and not Path(data).exists():
+        mapping = {}
+        for part in filter(None, (p.strip() for p in data.split(","))):
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip() or not value.strip():
+                raise ProbeError(f"--data {data!r}: {part!r} is not task=folder")
+            mapping[key.strip()] = value.strip()
+    else:
+        if tasks == "all" or "," in tasks:
+            raise ProbeError(f"--task {tasks} needs --data as a YAML file or task=folder,... map, got {data!r}")
+        mapping = {tasks: data}
+    spec = {}
+    for name, value in mapping.items():
+        entry = dict(value) if isinstance(value, dict) else {"root": value}
+        if "root" not in entry:
+            raise ProbeError(f"--data: task {name!r} has no 'root'")
+        spec[str(name)] = entry
+    names = list(spec) if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in names if t not in spec]
+    if unknown:
+        raise ProbeError(f"no data given for task(s) {unknown}; --data names {list(spec)}")
+    return {t: spec[t] for t in names}
+
+
+def probe_tasks(
+    encoder: str,
+    tasks: str,
+    data: str,
+    task_options: dict | None = None,
+    skip_missing: bool = False,
+    device: str | torch.device | None = "auto",
+    frontend_overrides: list[str] | tuple[str, ...] = (),
+    **probe_options,
+) -> list[ProbeResult]:
+    """Load each task `parse_task_data` names with `audiorq.data.tasks.load_task` and `linear_probe` it with
+    one loaded encoder; all rows share one probe id."""
+    from audiorq.data.tasks import load_task
+
+    device = resolve_device(device)
+    loaded = load_encoder(encoder, device, frontend_overrides)
+    probe_id = new_probe_id()
+    results = []
+    for name, entry in parse_task_data(tasks, data).items():
+        options = {**{k: v for k, v in entry.items() if k != "root"}, **(task_options or {})}
+        task = load_task(name, entry["root"], skip_missing=skip_missing, **options)
+        results.append(linear_probe(loaded, task, device=device, skip_missing=skip_missing, probe_id=probe_id,
+                                    **probe_options))
+    return results
+

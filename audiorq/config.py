@@ -100,6 +100,8 @@ class AugmentConfig:
     def validate(self) -> None:
         for name in self.chain:
             _check_choice("augment.chain item", name, AUGMENTATIONS)
+        if len(set(self.chain)) != len(self.chain):
+            raise ConfigError(f"augment.chain names an augmentation twice: {self.chain}")
         self.rq.validate()
         self.rrc.validate()
         self.mixup.validate()
@@ -277,3 +279,126 @@ def validate(cfg: Any) -> None:
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the fully resolved config as YAML, atomically."""
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretraining (audiorq.train). The defaults are the paper's recipe (recipes/byola_rq.yaml), so an
+# ablation recipe only names the keys it changes.
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """AudioNTT2020 encoder + BYOL heads and EMA target."""
+
+    d: int = 2048
+    hidden_dim: int = 4096  # projector / predictor hidden width
+    proj_dim: int = 256  # projector / predictor output width
+    dropout: float = 0.3
+    ema_decay: float = 0.99
+    ema_schedule: str = "constant"  # constant | cosine (decay ramps from ema_decay to 1 over the run)
+    sync_bn: bool = False  # SyncBatchNorm across ranks under DDP
+
+    def validate(self) -> None:
+        for key in ("d", "hidden_dim", "proj_dim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        _check_prob("model.dropout", self.dropout)
+        _check_prob("model.ema_decay", self.ema_decay)
+        _check_choice("model.ema_schedule", self.ema_schedule, ("constant", "cosine"))
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (per optimizer step)."""
+
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "constant"  # constant | cosine (to 0 at the end of the run)
+    warmup_epochs: float = 0.0  # linear warmup from 0
+
+    def validate(self) -> None:
+        _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
+        _check_choice("optim.schedule", self.schedule, ("constant", "cosine"))
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ConfigError("optim.weight_decay and optim.warmup_epochs must be >= 0")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Pretraining data: a folder / file list of audio (kind wave) or prepared log-mel shards (kind logmel)."""
+
+    source: str = ""  # audio folder, text file of paths, or shard root (logmel)
+    kind: str = "wave"  # wave | logmel
+    crop_sec: float = 0.95  # random crop per clip (wave)
+    crop_frames: int = 96  # random crop per item (logmel)
+    num_workers: int = 4  # DataLoader worker processes per rank (decoding)
+    cache_dir: str | None = None  # AudioFolder header cache
+    norm_stats: list[float] | None = None  # [mean, std] of log-mel; None = computed before training
+    stats_items: int = 10000  # clips used to compute norm_stats
+    max_bad_fraction: float = 0.05  # stop when this share of loaded items was unreadable
+    bad_check_after: int = 200  # ... once at least this many items were loaded
+
+    def validate(self) -> None:
+        _check_choice("data.kind", self.kind, ("wave", "logmel"))
+        _check_prob("data.max_bad_fraction", self.max_bad_fraction)
+        if self.crop_sec <= 0 or self.crop_frames < 8:
+            raise ConfigError("data.crop_sec must be > 0 and data.crop_frames >= 8")
+        if self.num_workers < 0 or self.stats_items < 1:
+            raise ConfigError("data.num_workers must be >= 0 and data.stats_items >= 1")
+        if self.norm_stats is not None and (len(self.norm_stats) != 2 or not self.norm_stats[1] > 0):
+            raise ConfigError(f"data.norm_stats must be [mean, std] with std > 0, got {self.norm_stats}")
+
+
+@dataclasses.dataclass
+class LogConfig:
+    """Progress bar, TensorBoard and JSONL metrics (rank 0 only)."""
+
+    every_steps: int = 10  # metrics / progress refresh interval
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bar
+
+    def validate(self) -> None:
+        if self.every_steps < 1:
+            raise ConfigError(f"log.every_steps must be >= 1, got {self.every_steps}")
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """A pretraining run: `audiorq pretrain RECIPE.yaml [key=value ...]`."""
+
+    out_dir: str = "runs/byola_rq"
+    resume: str = "no"  # no | auto (continue from out_dir/checkpoint.pt if present) | path to a checkpoint
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun, the local rank's GPU)
+    epochs: int = 100
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
+    batch_size: int = 256  # global batch, split across ranks
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with GradScaler)
+    compile: bool = False  # torch.compile the learner
+    channels_last: bool = True  # NHWC convolutions on CUDA (ignored on CPU)
+    checkpoint_every_steps: int = 0  # also checkpoint every N steps (0: each epoch only)
+    frontend: FrontendConfig = dataclasses.field(default_factory=FrontendConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+
+    def validate(self) -> None:
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        if self.resume not in ("no", "auto") and not self.resume.endswith((".pt", ".pth")):
+            raise ConfigError(f"resume must be no, auto or a checkpoint path (.pt), got {self.resume!r}")
+        if self.epochs < 1 or self.batch_size < 2 or self.max_steps < 0 or self.checkpoint_every_steps < 0:
+            raise ConfigError("need epochs >= 1, batch_size >= 2, max_steps >= 0, checkpoint_every_steps >= 0")
+        if not self.out_dir:
+            raise ConfigError("out_dir must be set")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.frontend.n_mels % 8:
+            raise ConfigError(f"frontend.n_mels must be a multiple of 8 (AudioNTT2020), got {self.frontend.n_mels}")
+        for section in (self.frontend, self.augment, self.model, self.optim, self.data, self.log):
+            section.validate()

@@ -25,9 +25,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) eval/bench_frontend.py
-	$(PY) eval/bench_augment.py
+	$(PY) eval/bench_augment.py --threads 1
+	$(PY) eval/bench_data.py
 	$(PY) eval/bench_train.py
-	$(PY) eval/bench_probe.py
+	$(PY) eval/bench_probe.py --threads 1
 	$(PY) eval/bench_listen.py
 
 clean:

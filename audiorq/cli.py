@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -23,27 +24,292 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def pretrain(args: tuple[str, ...]) -> None:
-    """Pretrain an encoder: RECIPE.yaml [key=value ...]."""
-    _not_built("pretrain")
+    """Pretrain an encoder: RECIPE.yaml [key=value ...].
+
+    \b
+    RECIPE is a YAML file (see recipes/); key=value pairs override it, e.g.
+      audiorq pretrain recipes/byola_rq.yaml data.source=/data/audioset out_dir=runs/rq
+      audiorq pretrain recipes/quick.yaml data.source=../shared/data/fsdd/recordings resume=auto
+    Multi-GPU: torchrun --nproc_per_node=8 -m audiorq.cli pretrain RECIPE ...
+    Ctrl-C saves a checkpoint; resume=auto continues from it.
+    """
+    import logging
+
+    from audiorq.config import ConfigError
+    from audiorq.train import BadDataError, RunDirError, TrainingInterrupted, load_pretrain_config, pretrain as run
+
+    if not args or "=" in args[0]:
+        raise click.UsageError("usage: audiorq pretrain RECIPE.yaml [key=value ...]")
+    rank0 = os.environ.get("RANK", "0") == "0"
+    if rank0:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_pretrain_config(args[0], list(args[1:]))
+        run_dir = run(cfg)
+    except (ConfigError, RunDirError, BadDataError) as e:
+        click.echo(f"audiorq pretrain: {e}", err=True)
+        sys.exit(2)
+    except TrainingInterrupted as e:
+        click.echo(f"audiorq pretrain: interrupted; checkpoint saved at {e.checkpoint}; "
+                   f"continue with the same command plus resume=auto", err=True)
+        sys.exit(130)
+    if rank0:
+        click.echo(f"run folder: {run_dir} (encoder: {run_dir / 'encoder.pth'})")
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def probe(args: tuple[str, ...]) -> None:
-    """Linear-probe an encoder on a downstream task."""
-    _not_built("probe")
+@main.command()
+@click.argument("encoder")
+@click.option("--task", "tasks", required=True,
+              help="Task name (nsynth, us8k, vc1, voxforge, spcv2, spcv2_12, csv, fsdd_digits, ...), a comma list, "
+                   "or 'all' (every task --data names).")
+@click.option("--data", required=True,
+              help="The task's data folder; for several tasks a YAML file or task=folder[,task=folder] map.")
+@click.option("--preset", type=click.Choice(["byola", "evar"]), default="byola", show_default=True,
+              help="Protocol: byola (BYOL-A IJCNN / RQ paper) or evar (EVAR).")
+@click.option("--runs", type=int, default=None, help="Classifier runs per task (preset: byola 10, evar 3).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for scores.csv (appended) and table.md.")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
+              help="Embedding cache folder [default: OUT/cache].")
+@click.option("--skip-missing", is_flag=True, help="Evaluate without missing files instead of stopping.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Probe setting override, e.g. lr=1e-4, patience=20, norm_files=5000 (repeatable).")
+@click.option("--frontend", "frontend_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Log-mel frontend override, e.g. mel_scale=htk for a BYOL-A v1 model (repeatable).")
+@click.option("--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
+              help="Task reader option, e.g. variant=b for spcv2_12 (repeatable).")
+@click.option("--max-per-class", type=int, default=None,
+              help="Quick look: at most N clips per class and split (not for reported numbers).")
+@click.option("--workers", type=int, default=None,
+              help="Audio decoding worker processes [default: min(8, CPU count)]; 0 = decode in the main process.")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (e.g. 1 on a busy shared machine) [default: torch's choice].")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+def probe(
+    encoder: str, tasks: str, data: str, preset: str, runs: int | None, device: str, out_dir: str,
+    cache_dir: str | None, skip_missing: bool, overrides: tuple[str, ...], frontend_overrides: tuple[str, ...],
+    task_options: tuple[str, ...], max_per_class: int | None, workers: int | None, threads: int | None,
+    progress: bool,
+) -> None:
+    """Linear-probe ENCODER: checkpoint.pt, encoder.pth, a run folder, a BYOL-A .pth, 'random' or 'logmel'.
+
+    \b
+    Appends one row per fold x run to OUT/scores.csv and prints the paper's Table 9 beside ours, e.g.
+      audiorq probe runs/rq/checkpoint.pt --task spcv2 --data /data/spcv2 --device cuda
+      audiorq probe runs/rq --task all --data tasks.yaml --preset evar
+      audiorq probe random:d=2048,seed=0 --task us8k --data /data/UrbanSound8K
+    """
+    import torch
+
+    from audiorq.config import apply_overrides
+    from audiorq.probe import format_table, probe_tasks
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        results = probe_tasks(
+            encoder, tasks, data, task_options=apply_overrides({}, task_options), skip_missing=skip_missing,
+            device=device, frontend_overrides=frontend_overrides, preset=preset, runs=runs, out_dir=out_dir,
+            cache_dir=cache_dir, overrides=overrides, max_per_class=max_per_class,
+            workers=min(8, os.cpu_count() or 1) if workers is None else workers,
+            progress=progress,
+        )
+    except (ValueError, FileNotFoundError) as e:  # bad input (ProbeError, TaskError, AudioError, ...): no traceback
+        click.echo(f"audiorq probe: error: {e}", err=True)
+        sys.exit(2)
+    summaries = [s for r in results for s in r.summary]
+    for s in summaries:
+        click.echo(f"{s['task']}: {100 * s['mean']:.2f} ± {100 * s['std']:.2f} % "
+                   f"({s['runs']} runs x {s['folds']} fold(s))")
+    click.echo(format_table(summaries))
+    click.echo(f"rows appended to {results[0].scores_csv}; table in {results[0].table_md}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def listen(args: tuple[str, ...]) -> None:
-    """Hear and see augmented log-mel spectrograms (Griffin-Lim inversion + figure)."""
-    _not_built("listen")
+@main.command()
+@click.argument("audio", type=click.Path(dir_okay=False))
+@click.option("--aug", "aug", default="rq", show_default=True, metavar="NAMES",
+              help="Comma-separated rows: rq, mixup, rrc, none, or RECIPE.yaml (its augment: chain).")
+@click.option("--bins", type=int, default=5, show_default=True, help="RQ bins (for --aug rq).")
+@click.option("--views", type=int, default=3, show_default=True, help="Augmented views per augmentation.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The same seed gives the same views.")
+@click.option("--start", type=float, default=0.0, show_default=True, help="Start of the span, seconds.")
+@click.option("--duration", type=float, default=None,
+              help="Length of the span, seconds (default: to the end, at most 10 s).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: listen_<audio name>).")
+@click.option("--overwrite", is_flag=True, help="Replace outputs of an earlier listen run in --out.")
+@click.option("--iters", type=int, default=32, show_default=True, help="Griffin-Lim iterations.")
+@click.option("--mixup-with", "mixup_with", multiple=True, metavar="self|noise|FILE",
+              help="Mixup memory bank: self (time-shifted copies of the clip; default), noise, or audio "
+                   "files (repeatable).")
+@click.option("--frontend", "frontend_recipe", type=click.Path(dir_okay=False), default=None,
+              help="Take the log-mel settings from this recipe's frontend: section (default: design defaults).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float, duration: float | None,
+           out_dir: str | None, overwrite: bool, iters: int, mixup_with: tuple[str, ...],
+           frontend_recipe: str | None, device: str) -> None:
+    """Hear and see augmented log-mel spectrograms (Griffin-Lim inversion + figure).
+
+    \b
+    Writes original.wav, view1.wav ... (or <aug>_view1.wav ... with several --aug), views.png and
+    listen.json to --out, and prints the inversion quality of each file, e.g.
+      audiorq listen clip.wav --aug rq --bins 5 --views 3 --seed 0 --out listen_rq
+      audiorq listen long.ogg --aug rq,mixup,rrc --start 30 --duration 5
+    """
+    from pathlib import Path
+
+    import torch
+
+    from audiorq.audio import AudioError
+    from audiorq.config import ConfigError
+    from audiorq.listen import ListenError, listen as run, read_recipe_frontend
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    mixup_source: str | list[str] = "self"
+    if len(mixup_with) == 1 and mixup_with[0] in ("self", "noise"):
+        mixup_source = mixup_with[0]
+    elif mixup_with:
+        mixup_source = list(mixup_with)
+    try:
+        frontend = read_recipe_frontend(frontend_recipe) if frontend_recipe else None
+        result = run(
+            audio, augs=[a for a in aug.split(",") if a.strip()], views=views, seed=seed,
+            out_dir=out_dir or f"listen_{Path(audio).stem}", bins=bins, start=start, duration=duration,
+            overwrite=overwrite, n_iter=iters, frontend=frontend, mixup_with=mixup_source, device=device,
+        )
+    except (AudioError, ConfigError, ListenError) as e:
+        click.echo(f"audiorq listen: {e}", err=True)
+        sys.exit(2)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {result.out_dir}/: {result.original.name}, "
+               f"{', '.join(v.path.name for v in result.views)}, {result.figure.name}, {result.manifest.name}")
+    click.echo(f"span [{result.start:.2f}, {result.start + result.duration:.2f}) s at {result.sample_rate} Hz; "
+               "log-mel error = mean |log-mel of the inverted audio (before loudness matching) - its target| "
+               "over bins within 40 dB of the peak")
+    click.echo(result.table())
+
+
+@main.command()
+@click.option("--out", "out_dir", default="demo_out", show_default=True,
+              help="Output folder (a fresh -2, -3, ... sibling if it exists).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def demo(out_dir: str, seed: int, device: str) -> None:
+    """Run the built-in demo: synthesize a clip, augment it (RQ, RRC, Mixup), invert, draw (no downloads)."""
+    from audiorq.demo import run_demo
+
+    result = run_demo(out_dir, seed=seed, device=device)
+    click.echo("Inversion quality (mean |d log-mel| within 40 dB of the peak; lower is better):")
+    click.echo(result.listen.table())
+    click.echo("\nArtifacts:")
+    click.echo(result.table())
 
 
 @main.group()
 def prepare() -> None:
     """One-time dataset conversion (16 kHz wav, task metadata, log-mel shards)."""
+
+
+@prepare.command("task")
+@click.argument("name")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+@click.option("--workers", "-j", type=int, default=None, help="Parallel processes (default: all CPUs).")
+@click.option("--variant", default=None, help="spcv2_12 only: a (byola-relabel, default) or b (tfds).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Task loader option, e.g. -o metadata=voxforge.csv, -o split_file=iden_split.txt, "
+                   "-o test_root=DIR. Repeatable.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def prepare_task_command(name: str, src: str, dst: str, workers: int | None, variant: str | None,
+                         options: tuple[str, ...], progress: bool) -> None:
+    """Convert a task's raw download SRC to 16 kHz mono WAV in DST (resumable), with a metadata CSV.
+
+    NAME: nsynth, us8k, vc1, voxforge, spcv2, spcv2_12, csv (SRC = the CSV file), fsdd_digits,
+    fsdd_speakers, esc10. Exit status 1 if some files could not be converted (they are listed).
+    """
+    from audiorq.data.tasks import TASKS, TaskError, prepare_task
+
+    if name not in TASKS:
+        raise click.BadParameter(f"unknown task {name!r}; known: {', '.join(TASKS)}", param_hint="NAME")
+    kwargs: dict[str, str] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        kwargs[key.strip()] = float(value) if key.strip() == "unit_sec" else value
+    if variant is not None:
+        kwargs["variant"] = variant
+    try:
+        report = prepare_task(name, src, dst, workers=workers, progress=progress, **kwargs)
+    except (TaskError, TypeError, ValueError) as e:
+        click.echo(f"audiorq prepare task: {e}", err=True)
+        sys.exit(2)
+    click.echo(report.summary())
+    if report.failed:
+        click.echo(f"audiorq prepare task: {len(report.failed)} files could not be converted", err=True)
+        sys.exit(1)
+
+
+@prepare.command("wav")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path())
+@click.option("--workers", "-j", type=int, default=None, help="Parallel processes (default: all CPUs).")
+@click.option("--sample-rate", type=int, default=16000, show_default=True, help="Output sample rate.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def prepare_wav_command(src: str, dst: str, workers: int | None, sample_rate: int, progress: bool) -> None:
+    """Convert every audio file under SRC to mono 16-bit WAV at the same relative path in DST (resumable).
+
+    Unreadable or empty files are skipped and listed; the summary is also written to
+    DST/prepare_wav_summary.json.
+    """
+    from audiorq.data.convert import prepare_wav
+
+    try:
+        summary = prepare_wav(src, dst, sample_rate=sample_rate, workers=workers, progress=progress)
+    except (FileNotFoundError, ValueError) as e:
+        click.echo(f"audiorq prepare wav: {e}", err=True)
+        sys.exit(2)
+    click.echo(str(summary))
+
+
+@prepare.command("logmel", context_settings={"ignore_unknown_options": True})
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@click.option("--workers", "-j", type=int, default=None, help="Parallel processes (default: all CPUs).")
+@click.option("--shard-size", type=int, default=None,
+              help="Frames per shard (default 8388608 = 1 GiB at 64 mels, about 23 h of audio).")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Take the frontend settings from this recipe's `frontend:` section.")
+@click.option("--max-shards", type=int, default=None, help="Stop after this many new shards (run again to go on).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], workers: int | None,
+                           shard_size: int | None, recipe: str | None, max_shards: int | None, progress: bool) -> None:
+    """Precompute float16 log-mel of every clip in SRC (folder or file list) into shards in DST (resumable).
+
+    OVERRIDES are frontend settings as key=value (e.g. mel_scale=htk n_mels=64), applied after --recipe.
+    """
+    import yaml
+
+    from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict
+    from audiorq.data.convert import DEFAULT_SHARD_SIZE_FRAMES, prepare_logmel
+
+    try:
+        frontend = {}
+        if recipe is not None:
+            with open(recipe) as f:
+                frontend = (yaml.safe_load(f) or {}).get("frontend") or {}
+        config = from_dict(FrontendConfig, apply_overrides(frontend, list(overrides)), prefix="frontend.")
+        config.validate()
+        summary = prepare_logmel(src, dst, config, shard_size_frames=shard_size or DEFAULT_SHARD_SIZE_FRAMES,
+                                 workers=workers, progress=progress, max_new_shards=max_shards)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        click.echo(f"audiorq prepare logmel: {e}", err=True)
+        sys.exit(2)
+    click.echo(str(summary))
 
 
 if __name__ == "__main__":

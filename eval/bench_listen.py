@@ -8,7 +8,7 @@
    (natural log, bins within 40 dB of the peak) of the re-analysed inverted audio against its target
    log-mel, spectral convergence, and how much each augmentation changed the log-mel.
 
-    python eval/bench_listen.py [--device cpu|cuda] [--repeats 5] [--iters 32] [--clips 3] [--data DIR]
+    python eval/bench_listen.py [--device cpu|cuda] [--repeats 3] [--iters 32] [--clips 3] [--data DIR]
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _median_time(fn, repeats: int, device: torch.device) -> tuple[float, object]:
+def _median_time(fn, repeats: int, device: torch.device) -> tuple[float, float, object]:
+    """(median, min) seconds of `fn()` after one warm-up call, and its last output."""
     out = fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -45,7 +46,7 @@ def _median_time(fn, repeats: int, device: torch.device) -> tuple[float, object]
         out = fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    return statistics.median(times), min(times), out
 
 
 def librosa_invert(logmel: torch.Tensor, fe: LogMelSpectrogram, n_iter: int) -> torch.Tensor:
@@ -74,19 +75,19 @@ def speed_table(clip: torch.Tensor, device: torch.device, repeats: int, n_iter: 
         "librosa (scipy NNLS + GL)": lambda lm: librosa_invert(lm, cpu_fe, n_iter),
     }
     lines = [
-        "| method | level | seconds | speed vs librosa | Δ log-mel (nat) |",
-        "|---|---|---|---|---|",
+        "| method | level | median s | min s | speed vs librosa (median) | Δ log-mel (nat) |",
+        "|---|---|---|---|---|---|",
     ]
     for level in (1.0, 1e3, 1e-3):
         with torch.inference_mode():
             logmel = fe((clip * level).to(device))
             results = {}
             for name, fn in methods.items():
-                seconds, wave = _median_time(lambda: fn(logmel), repeats, device)
-                results[name] = (seconds, float(logmel_error(logmel, wave.to(device), fe)))
+                seconds, best, wave = _median_time(lambda: fn(logmel), repeats, device)
+                results[name] = (seconds, best, float(logmel_error(logmel, wave.to(device), fe)))
         base = results["librosa (scipy NNLS + GL)"][0]
-        for name, (seconds, err) in results.items():
-            lines.append(f"| {name} | x{level:g} | {seconds:.3f} | {base / seconds:.2f}x | {err:.3f} |")
+        for name, (seconds, best, err) in results.items():
+            lines.append(f"| {name} | x{level:g} | {seconds:.3f} | {best:.3f} | {base / seconds:.2f}x | {err:.3f} |")
     return lines
 
 
@@ -121,7 +122,7 @@ def quality_table(clips: list[Path], device: torch.device, n_iter: int) -> list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=32, help="Griffin-Lim iterations")
     parser.add_argument("--clips", type=int, default=3, help="clips per dataset (FSDD, ESC-10) for quality")
     parser.add_argument("--data", default=os.environ.get("AUDIORQ_SHARED_DATA", str(REPO.parent / "shared" / "data")))
@@ -144,7 +145,7 @@ def main() -> None:
         t = torch.arange(16000) / 16000
         clip = 0.3 * torch.sin(2 * torch.pi * (200 * t + 1500 * t**2)) + 0.02 * torch.randn(16000, generator=g)
         source = "synthetic 1 s chirp + noise"
-    print(f"## Speed: 1 s clip ({source}), median of {args.repeats}\n")
+    print(f"## Speed: 1 s clip ({source}), {args.repeats} timed runs after a warm-up\n")
     print("\n".join(speed_table(clip, device, args.repeats, args.iters)))
 
     if not speech or not env:

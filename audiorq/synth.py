@@ -46,9 +46,42 @@ def noise_bursts(seconds: float, rate_hz: float = 3.0, sr: int = SAMPLE_RATE, rn
     return out
 
 
-def demo_clip(seconds: float = 4.0, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
-    """A 16 kHz scene mixing a vowel-like tone, bird chirps and noise bursts, peak 0.8: (S,) float32."""
+def _whistle(seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A pure tone gliding between two frequencies in 1-3 kHz, with a slow swell."""
+    t = np.arange(int(seconds * sr)) / sr
+    f_start, f_end = rng.uniform(1000.0, 3000.0, size=2)
+    phase = 2 * np.pi * np.cumsum(np.linspace(f_start, f_end, len(t))) / sr
+    return (np.sin(phase) * np.sin(np.pi * t / seconds) ** 2).astype(np.float32)
+
+
+def _hiss(seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Steady band-limited noise (rain, wind, an air vent) with a random centre in 500 Hz - 5 kHz."""
+    n = int(seconds * sr)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    centre = rng.uniform(500.0, 5000.0)
+    spectrum *= np.exp(-0.5 * (np.log(np.maximum(freqs, 1.0) / centre) / 0.35) ** 2)
+    return np.fft.irfft(spectrum, n).astype(np.float32)
+
+
+# Six classes that differ in pitch, harmonicity, spectral band and temporal envelope; every clip draws its own
+# parameters within the class (pitch, rate, onset, loudness, background noise), so classes overlap a little.
+CORPUS_CLASSES = {
+    "low_voice": lambda s, sr, r: harmonic_tone(s, r.uniform(90.0, 160.0), vibrato_hz=r.uniform(3, 7), sr=sr, rng=r),
+    "high_voice": lambda s, sr, r: harmonic_tone(s, r.uniform(260.0, 420.0), vibrato_hz=r.uniform(3, 7), sr=sr, rng=r),
+    "bird": lambda s, sr, r: chirp_train(s, n=int(r.integers(2, 6)), f0=r.uniform(1500, 2500), f1=r.uniform(3500, 6000), sr=sr),
+    "clock": lambda s, sr, r: noise_bursts(s, rate_hz=r.uniform(2.0, 6.0), sr=sr, rng=r),
+    "whistle": _whistle,
+    "hiss": _hiss,
+}
+
+
+def corpus_clip(label: str, seconds: float = 1.0, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
+    """One clip of class `label` (a `CORPUS_CLASSES` key): random shift, loudness and background, (S,) float32."""
     rng = np.random.default_rng(seed)
-    x = 0.6 * harmonic_tone(seconds, 180.0, rng=rng) + 0.25 * chirp_train(seconds, sr=sr)
-    x += 0.15 * noise_bursts(seconds, sr=sr, rng=rng) + 0.003 * rng.standard_normal(len(x)).astype(np.float32)
-    return (0.8 * x / np.abs(x).max()).astype(np.float32)
+    x = CORPUS_CLASSES[label](seconds, sr, rng)
+    x = np.roll(x, int(rng.integers(0, len(x) // 4)))
+    x = x / (np.abs(x).max() + 1e-9) * rng.uniform(0.2, 0.9)
+    noise_db = rng.uniform(-45.0, -20.0)
+    x = x + 10 ** (noise_db / 20) * rng.standard_normal(len(x)).astype(np.float32)
+    return np.clip(x, -1.0, 1.0).astype(np.float32)

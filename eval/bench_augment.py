@@ -7,6 +7,7 @@ each bins value checks that the dense reference and RandomizedQuantization give 
 same generator seed, and that both `quantize_rows` methods match the reference on the same bins/values.
 
     python eval/bench_augment.py [--device cpu|cuda] [--repeats 7] [--batch 512] [--threads N] [--methods]
+        [--warmup 10] [--interleave]
 """
 
 from __future__ import annotations
@@ -72,17 +73,27 @@ def peak_extra_bytes(fn: Callable[[], torch.Tensor], device: torch.device) -> in
     return peak
 
 
-def median_times(fns: dict[str, Callable[[], torch.Tensor]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each fn, the fns interleaved round by round (after two warm-up rounds)."""
+def median_times(fns: dict[str, Callable[[], torch.Tensor]], repeats: int, device: torch.device,
+                 warmup: int = 10, interleave: bool = False) -> dict[str, float]:
+    """Median seconds per call of each fn after `warmup` calls: each fn's calls back to back (steady state, as
+    in a training loop of same-shaped batches), or interleaved round by round (every call then follows the
+    other fns' frees, so its output tends to land on fresh pages: page faults are timed too).
+
+    Why 10 warm-up calls: glibc's malloc adapts its mmap and trim thresholds over the first few frees of a
+    12 MiB block; until then each output is freshly mapped (3,072 page faults, ~4 ms on a VM).
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for round_index in range(repeats + 2):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            if round_index >= 2:
-                times[name].append(time.perf_counter() - t0)
+    order = ([name for _ in range(warmup + repeats) for name in fns] if interleave
+             else [name for name in fns for _ in range(warmup + repeats)])
+    calls: dict[str, int] = {name: 0 for name in fns}
+    for name in order:
+        _sync(device)
+        t0 = time.perf_counter()
+        fns[name]()
+        _sync(device)
+        calls[name] += 1
+        if calls[name] > warmup:
+            times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -107,6 +118,9 @@ def main() -> None:
     parser.add_argument("--bins", type=int, nargs="+", default=[2, 5, 8, 16, 32])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--methods", action="store_true", help="also time both quantize_rows methods")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls of each function first")
+    parser.add_argument("--interleave", action="store_true",
+                        help="time the functions round by round instead of each one's calls back to back")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,7 +131,8 @@ def main() -> None:
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{platform.machine()}, {torch.get_num_threads()} torch threads")
     print(f"device: {device} ({name}); input {tuple(x.shape)} fp32 = {input_bytes / 2**20:.1f} MiB; "
-          f"torch {torch.__version__}; median of {args.repeats}\n")
+          f"torch {torch.__version__}; median of {args.repeats} after {args.warmup} warm-up calls, "
+          f"{'interleaved' if args.interleave else 'back to back'}\n")
     header = ("| bins | RQ ms | dense ms | clone ms | speed-up vs dense | RQ time / clone | "
               "RQ peak extra / input | dense peak extra / input | identical to dense |")
     if args.methods:
@@ -136,7 +151,7 @@ def main() -> None:
             for method in ("chain", "search"):
                 fns[method] = (lambda m: lambda: randomized_quantization(
                     x, bins, generator=_generator(device, 1), method=m))(method)
-        t = median_times(fns, args.repeats, device)
+        t = median_times(fns, args.repeats, device, args.warmup, args.interleave)
         rq_peak = peak_extra_bytes(fns["rq"], device)
         dense_peak = peak_extra_bytes(fns["dense"], device)
         row = (f"| {bins} | {t['rq'] * 1e3:.2f} | {t['dense'] * 1e3:.1f} | {t['clone'] * 1e3:.2f} | "

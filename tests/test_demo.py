@@ -1,19 +1,11 @@
-"""The demo's building blocks: synthetic audio and never-overwriting output folders."""
+"""The end-to-end demo and its never-overwriting output folders."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from audiorq.demo import fresh_dir
-from audiorq.synth import chirp_train, demo_clip, harmonic_tone
-
-
-def test_demo_clip_is_a_normalized_16k_scene():
-    x = demo_clip(seconds=2.0, seed=1)
-    assert x.dtype == np.float32 and x.shape == (32000,)
-    assert np.isclose(np.abs(x).max(), 0.8) and np.isfinite(x).all()
-    np.testing.assert_array_equal(x, demo_clip(seconds=2.0, seed=1))
-    assert not np.array_equal(x, demo_clip(seconds=2.0, seed=2))
+from audiorq.demo import fresh_dir, run_demo
+from audiorq.synth import chirp_train, harmonic_tone
 
 
 def test_synth_pitch_and_chirp_band():
@@ -32,3 +24,14 @@ def test_fresh_dir_never_reuses_an_existing_folder(tmp_path):
     assert fresh_dir(base) == tmp_path / "demo_out-2"
     (tmp_path / "demo_out-2").mkdir()
     assert fresh_dir(base) == tmp_path / "demo_out-3"
+
+
+def test_demo_runs_end_to_end_and_writes_every_artifact(tmp_path):
+    result = run_demo(tmp_path / "demo", steps=2, progress=False)
+    for name in ("rq", "random", "logmel"):
+        scores = result.comparison.scores[name][result.task.name]
+        assert len(scores) == 3 and min(scores) > 1.0 / result.task.n_classes  # above chance
+    summary = (result.out_dir / "summary.md").read_text()
+    for path in (result.comparison.run_dirs["rq"][0] / "encoder.pth", result.listen.figure,
+                 *(v.path for v in result.listen.views)):
+        assert path.exists() and str(path) in summary

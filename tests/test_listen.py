@@ -108,7 +108,10 @@ def test_accepted_shapes_and_batching(frontend):
     assert batched.shape == (2, (logmel.shape[-1] - 1) * HOP)
     for i in range(2):
         alone = invert_logmel(logmel[i, 0], frontend, n_iter=4)  # (F, T)
-        torch.testing.assert_close(alone[0], batched[i], rtol=1e-4, atol=1e-6)
+        # Not bit-equal: the FFT library may round a batch differently from one item (seen on AVX-512 CPUs),
+        # and Griffin-Lim's momentum amplifies it to ~0.2 %; items mixed up or mis-scaled would be off by O(1).
+        relative = torch.linalg.vector_norm(alone[0] - batched[i]) / torch.linalg.vector_norm(batched[i])
+        assert relative < 1e-2, (i, relative)
     assert torch.equal(invert_logmel(logmel[:, 0], frontend, n_iter=4), batched)  # (B, F, T)
     with pytest.raises(ValueError, match="log-mel"):
         invert_logmel(logmel.expand(2, 2, -1, -1), frontend)

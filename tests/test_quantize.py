@@ -232,6 +232,7 @@ def test_result_does_not_depend_on_chunk_size(monkeypatch):
     x = torch.randn(9, 1, 8, 21, generator=_gen(0))
     expected = randomized_quantization(x, bins=4, p=0.7, generator=_gen(1))
     monkeypatch.setitem(quantize_module._CHUNK_ELEMENTS, "cpu", 50)  # one sample per chunk
+    monkeypatch.setattr(quantize_module, "_KERNEL_CHUNK_ELEMENTS", 50)
     assert torch.equal(randomized_quantization(x, bins=4, p=0.7, generator=_gen(1)), expected)
     for method in ("chain", "search"):
         assert torch.equal(randomized_quantization(x, bins=4, p=0.7, generator=_gen(1), method=method), expected)
@@ -274,3 +275,102 @@ def test_cut_points_never_pass_hi_even_when_rounding_would_push_them_over():
         lo, hi, torch.tensor([[1.0]]), torch.tensor([[0.5, 1.0]]))
     assert torch.all(edges <= hi) and torch.all(values <= hi)
     assert quantize_rows(hi[:, None], edges, values).item() == values[0, -1].item()
+
+
+needs_kernel = pytest.mark.skipif(quantize_module._kernels() is None, reason="needs numba")
+
+
+@needs_kernel
+def test_cpu_default_runs_the_fused_kernel_not_the_torch_path(monkeypatch):
+    def torch_path(*args, **kwargs):
+        raise AssertionError("the torch path ran")
+
+    monkeypatch.setattr(quantize_module, "quantize_rows", torch_path)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        RandomizedQuantization(p=0.5)(torch.randn(3, 1, 4, 10).to(dtype))
+
+
+def _kernel_and_torch_outputs(x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """randomized_quantization of x by default (fused kernel on CPU) and by the torch chain path, same seed."""
+    return (randomized_quantization(x, generator=_gen(7), **kwargs),
+            randomized_quantization(x, generator=_gen(7), method="chain", **kwargs))
+
+
+@needs_kernel
+@settings(max_examples=150, deadline=None)
+@given(shape=st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 50)), bins=st.integers(1, 40),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       p=st.sampled_from([1.0, 0.5, 0.0]), per=st.sampled_from(["channel", "instance"]),
+       random_bins=st.booleans(), random_values=st.booleans(), layout=st.sampled_from(["contiguous", "transposed",
+                                                                                        "integers"]),
+       seed=st.integers(0, 2**16))
+def test_fused_kernel_is_bit_identical_to_the_torch_chain_path(
+        shape, bins, dtype, p, per, random_bins, random_values, layout, seed):
+    b, f, t = shape
+    if layout == "transposed":
+        x = torch.randn(b, 1, t, f, generator=_gen(seed)).transpose(-1, -2)  # non-contiguous
+    elif layout == "integers":
+        # Few distinct values: ties with lo, hi and (for uniform bins) with the cut points themselves.
+        x = torch.randint(-3, 4, (b, 1, f, t), generator=_gen(seed)).float()
+    else:
+        x = torch.randn(b, 1, f, t, generator=_gen(seed)) * 10
+    x = x.to(dtype)
+    fused, chain = _kernel_and_torch_outputs(x, bins=bins, random_bins=random_bins, random_values=random_values,
+                                             per=per, p=p)
+    assert fused.dtype == dtype and fused.is_contiguous()
+    assert torch.equal(fused, chain)
+
+
+@needs_kernel
+def test_fused_kernel_matches_the_torch_path_on_the_benchmark_shape_and_extreme_ranges():
+    x = torch.randn(32, 1, 64, 96, generator=_gen(0))
+    for bins in (2, 3, 4, 5, 8, 9, 16, 32, 64):
+        assert torch.equal(*_kernel_and_torch_outputs(x, bins=bins))
+    # hi - lo overflows to Inf: the float ops (NaN from Inf * 0 included) must still agree.
+    huge = torch.tensor([-3e38, 3e38, 0.0, 1e38, -1e38, 2e38]).repeat(2, 1, 3, 2)
+    for bins in (1, 2, 5):
+        fused, chain = _kernel_and_torch_outputs(huge, bins=bins)
+        torch.testing.assert_close(fused, chain, rtol=0, atol=0, equal_nan=True)
+    subnormal = torch.tensor([0.0, 1e-45, 3e-45, -1e-45, -0.0]).repeat(3, 1, 2, 4)
+    assert torch.equal(*_kernel_and_torch_outputs(subnormal, bins=3))
+
+
+@needs_kernel
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_fused_kernel_finds_non_finite_values_anywhere_in_a_row(bad):
+    for position in (0, 7, 95):
+        x = torch.randn(3, 1, 4, 96, generator=_gen(position))
+        x[1, 0, 2, position] = bad
+        with pytest.raises(ValueError, match="NaN" if bad != bad else "Inf") as info:
+            randomized_quantization(x)
+        assert "sample 1" in str(info.value)
+
+
+def test_without_numba_the_torch_path_gives_the_same_result(monkeypatch):
+    x = torch.randn(4, 1, 16, 30, generator=_gen(0))
+    rows = _rows(x)
+    expected = [randomized_quantization(x, bins=6, p=0.5, generator=_gen(1)),
+                sample_quantizers(rows.amin(1), rows.amax(1), 6, generator=_gen(2))]
+    monkeypatch.setattr(quantize_module, "_kernels", lambda: None)
+    assert torch.equal(randomized_quantization(x, bins=6, p=0.5, generator=_gen(1)), expected[0])
+    edges, values = sample_quantizers(rows.amin(1), rows.amax(1), 6, generator=_gen(2))
+    assert torch.equal(edges, expected[1][0]) and torch.equal(values, expected[1][1])
+
+
+@needs_kernel
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 4, 7, 31])
+def test_kernel_sort_rows_equals_torch_sort_including_ties(k):
+    fractions = torch.rand(200, k, generator=_gen(k))
+    if k > 1:
+        fractions[::3, -1] = fractions[::3, 0]  # ties
+    expected = torch.sort(fractions, dim=1).values
+    quantize_module._kernels().sort_rows(fractions.numpy())
+    assert torch.equal(fractions, expected)
+
+
+def test_uniform_fractions_are_torch_rand_numbers_on_cpu():
+    for dtype in (torch.float32, torch.float64):
+        fractions = quantize_module._uniform_fractions((300, 7), dtype, torch.device("cpu"), _gen(3))
+        assert fractions.dtype == dtype
+        assert torch.equal(fractions, torch.rand((300, 7), generator=_gen(3), dtype=dtype))
+

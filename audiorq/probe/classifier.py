@@ -218,7 +218,7 @@ def train_linear_classifier(
             since_best = torch.where(improved, torch.zeros_like(since_best), since_best + 1)
             if patience > 0:
                 active &= since_best < patience
-        bar.set_postfix(active=int(active.sum()), best_val=f"{best_acc.max().item():.3f}")
+        bar.set_postfix(active=int(active.sum()), best_val=f"{best_acc.max().item():.3f}", refresh=False)
         if not active.any():
             break
     bar.close()

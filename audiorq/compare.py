@@ -46,12 +46,12 @@ class Variant:
 class Comparison:
     """Test accuracy per run (mean over folds), pooled over seeds: scores[variant][task] -> list of floats."""
 
-    scores: dict[str, dict[str, list[float]]]
-    pretrain_seconds: dict[str, float]
-    probe_seconds: dict[str, float]
-    final_loss: dict[str, float]
-    run_dirs: dict[str, list[Path]]
-    out_dir: Path
+    scores: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
+    pretrain_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    probe_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    final_loss: dict[str, float] = dataclasses.field(default_factory=dict)
+    run_dirs: dict[str, list[Path]] = dataclasses.field(default_factory=dict)
+    out_dir: Path | None = None
 
     def update(self, other: "Comparison") -> "Comparison":
         """Add `other`'s variants (a comparison of more variants, run with other seeds) to this one."""
@@ -106,10 +106,16 @@ def _run_scores(rows: list[dict]) -> list[float]:
     return [float(np.mean(per_run[r])) for r in sorted(per_run)]
 
 
+def _loss_records(run_dir: str | os.PathLike) -> list[dict]:
+    """The records of a run's metrics.jsonl that carry a loss (logged steps and epoch ends), in order."""
+    path = Path(run_dir) / METRICS
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(json.loads, filter(str.strip, lines)) if "loss" in r]
+
+
 def _final_loss(run_dir: Path) -> float:
-    lines = (run_dir / METRICS).read_text().splitlines() if (run_dir / METRICS).exists() else []
-    losses = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
-    return float(losses[-1]) if losses else float("nan")
+    records = _loss_records(run_dir)
+    return float(records[-1]["loss"]) if records else float("nan")
 
 
 def compare(
@@ -138,8 +144,7 @@ def compare(
     done = {s["key"]: s for s in _read_stages(stages_path)}
     if pretrain_source is None:
         pretrain_source = corpus_file_list(tasks, out / "pretrain_files.txt")
-    result = Comparison(scores={}, pretrain_seconds={}, probe_seconds={}, final_loss={}, run_dirs={},
-                        out_dir=out)
+    result = Comparison(out_dir=out)
 
     for variant in variants:
         scores: dict[str, list[float]] = defaultdict(list)
@@ -205,9 +210,7 @@ def loss_curves(run_dirs: dict[str, list[Path]], path: str | os.PathLike,
     ax = fig.subplots()
     for i, (name, dirs) in enumerate(run_dirs.items()):
         for j, run_dir in enumerate(dirs):
-            records = [json.loads(line) for line in (Path(run_dir) / METRICS).read_text().splitlines()
-                       if line.strip()] if (Path(run_dir) / METRICS).exists() else []
-            steps = [(r["step"], r["loss"]) for r in records if "loss" in r and "epoch_end" not in r]
+            steps = [(r["step"], r["loss"]) for r in _loss_records(run_dir) if "epoch_end" not in r]
             if steps:
                 ax.plot(*zip(*steps), color=f"C{i % 10}", linewidth=1.0, alpha=0.9 if j == 0 else 0.5,
                         label=labels.get(name, name) if j == 0 else None)

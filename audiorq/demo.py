@@ -19,7 +19,7 @@ from tqdm import tqdm
 from audiorq.atomic import atomic_write_text
 from audiorq.audio import SAMPLE_RATE, save_audio
 from audiorq.compare import Comparison, Variant, compare, comparison_table
-from audiorq.data.audio_folder import AUDIO_EXTENSIONS
+from audiorq.data.audio_folder import AUDIO_EXTENSIONS, list_audio_files
 from audiorq.data.tasks import load_task
 from audiorq.data.tasks.csvfile import load_csv
 from audiorq.data.tasks.record import Task
@@ -110,8 +110,8 @@ def folder_metadata(root: str | os.PathLike, path: str | os.PathLike) -> Path:
     root = Path(root).resolve()
     rows = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(f for f in class_dir.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
-        rows += [(str(f), class_dir.name, _split_of(i)) for i, f in enumerate(files)]
+        files, _ = list_audio_files(class_dir)  # sorted paths relative to class_dir
+        rows += [(str(class_dir / f), class_dir.name, _split_of(i)) for i, f in enumerate(files)]
     if not rows:
         raise ValueError(f"{root}: no class subfolders with audio files ({', '.join(AUDIO_EXTENSIONS)})")
     return _write_metadata(rows, Path(path))

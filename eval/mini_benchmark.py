@@ -137,8 +137,7 @@ def main() -> None:
     groups = [([v for v in variants if v in MAIN and v != "logmel"], args.seeds),
               ([v for v in variants if v == "logmel"], [0]),
               ([v for v in variants if v not in MAIN], args.sweep_seeds)]
-    result = Comparison(scores={}, pretrain_seconds={}, probe_seconds={}, final_loss={}, run_dirs={},
-                        out_dir=args.out)
+    result = Comparison(out_dir=args.out)
     for names, seeds in groups:
         if names:
             result.update(compare(

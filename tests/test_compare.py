@@ -100,8 +100,7 @@ def test_compare_pretrains_probes_and_resumes_without_redoing_work(tiny_task, tm
 
 
 def test_comparison_table_reports_mean_std_and_missing_cells():
-    result = Comparison(scores={"a": {"t1": [0.5, 0.7], "t2": [1.0]}, "b": {"t1": [0.25]}},
-                        pretrain_seconds={}, probe_seconds={}, final_loss={}, run_dirs={}, out_dir=None)
+    result = Comparison(scores={"a": {"t1": [0.5, 0.7], "t2": [1.0]}, "b": {"t1": [0.25]}})
     text = comparison_table(result, [Variant("a", "A"), Variant("b", "B")], ["t1", "t2"], {"t1": "Task 1"})
     lines = text.splitlines()
     assert lines[0] == "| Encoder | Task 1 | t2 | Avg |"

@@ -14,10 +14,10 @@ import soundfile as sf
 import torch
 
 from audiorq.atomic import atomic_write
+from audiorq.config import SAMPLE_RATE  # re-exported: readers of audio need the rate it is read at
+from audiorq.data.tasks.task import SPLITS
 
-SAMPLE_RATE = 16000
-PAD_CROP_POLICIES = ("byola", "evar")
-SPLITS = ("train", "valid", "test")
+PAD_CROP_POLICIES = ("byola", "evar")  # the evaluation presets' pad/crop rules, see `pad_or_crop`
 
 
 class AudioError(ValueError):
@@ -39,6 +39,7 @@ class AudioInfo:
 
     @property
     def duration(self) -> float:
+        """Length in seconds."""
         return self.frames / self.sample_rate
 
 
@@ -131,7 +132,7 @@ def pad_or_crop(
     split: str = "train",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Fit (..., S) to (..., n_samples) by an evaluation preset's rule (eval-protocol.md §1.3).
+    """Fit (..., S) to (..., n_samples) by an evaluation preset's rule (docs/protocol.md §1.3).
 
     byola: zero-pad both ends (floor half at the head); a random crop in every split.
     evar: zero-pad at the tail; a random crop for train/valid, the first n_samples for test.

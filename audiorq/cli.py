@@ -8,11 +8,7 @@ import sys
 import click
 
 from audiorq import __version__
-
-
-def _not_built(name: str) -> None:
-    click.echo(f"audiorq {name}: not built yet in this version", err=True)
-    sys.exit(2)
+from audiorq.config import SAMPLE_RATE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,29 +20,33 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def pretrain(args: tuple[str, ...]) -> None:
-    """Pretrain an encoder: RECIPE.yaml [key=value ...].
+    """Pretrain an encoder: RECIPE [key=value ...].
 
     \b
-    RECIPE is a YAML file (see recipes/); key=value pairs override it, e.g.
-      audiorq pretrain recipes/byola_rq.yaml data.source=/data/audioset out_dir=runs/rq
-      audiorq pretrain recipes/quick.yaml data.source=../shared/data/fsdd/recordings resume=auto
+    RECIPE is a YAML file or the name of a shipped recipe (quick, byola_rq, byola_mixup, ablation_*);
+    key=value pairs override it, e.g.
+      audiorq pretrain byola_rq data.source=/data/audioset out_dir=runs/rq
+      audiorq pretrain quick data.source=../shared/data/fsdd/recordings resume=auto
+      audiorq pretrain my_recipe.yaml data.source=/data/clips
     Multi-GPU: torchrun --nproc_per_node=8 -m audiorq.cli pretrain RECIPE ...
     Ctrl-C saves a checkpoint; resume=auto continues from it.
     """
     import logging
 
     from audiorq.config import ConfigError
+    from audiorq.runs import RunFileError, RunFolder
     from audiorq.train import BadDataError, RunDirError, TrainingInterrupted, load_pretrain_config, pretrain as run
 
     if not args or "=" in args[0]:
-        raise click.UsageError("usage: audiorq pretrain RECIPE.yaml [key=value ...]")
+        raise click.UsageError("usage: audiorq pretrain RECIPE [key=value ...]  (RECIPE: a .yaml file or a "
+                               "shipped name such as quick or byola_rq)")
     rank0 = os.environ.get("RANK", "0") == "0"
     if rank0:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_pretrain_config(args[0], list(args[1:]))
         run_dir = run(cfg)
-    except (ConfigError, RunDirError, BadDataError) as e:
+    except (ConfigError, RunDirError, BadDataError, RunFileError) as e:
         click.echo(f"audiorq pretrain: {e}", err=True)
         sys.exit(2)
     except TrainingInterrupted as e:
@@ -54,7 +54,7 @@ def pretrain(args: tuple[str, ...]) -> None:
                    f"continue with the same command plus resume=auto", err=True)
         sys.exit(130)
     if rank0:
-        click.echo(f"run folder: {run_dir} (encoder: {run_dir / 'encoder.pth'})")
+        click.echo(f"run folder: {run_dir} (encoder: {RunFolder(run_dir).encoder})")
 
 
 @main.command()
@@ -143,8 +143,9 @@ def probe(
 @click.option("--mixup-with", "mixup_with", multiple=True, metavar="self|noise|FILE",
               help="Mixup memory bank: self (time-shifted copies of the clip; default), noise, or audio "
                    "files (repeatable).")
-@click.option("--frontend", "frontend_recipe", type=click.Path(dir_okay=False), default=None,
-              help="Take the log-mel settings from this recipe's frontend: section (default: design defaults).")
+@click.option("--frontend", "frontend_recipe", default=None, metavar="RECIPE",
+              help="Take the log-mel settings from this recipe's frontend: section (a .yaml file or a shipped "
+                   "recipe name; default: the standard frontend).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float, duration: float | None,
            out_dir: str | None, overwrite: bool, iters: int, mixup_with: tuple[str, ...],
@@ -159,21 +160,17 @@ def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float,
     """
     from pathlib import Path
 
-    import torch
-
     from audiorq.audio import AudioError
-    from audiorq.config import ConfigError
-    from audiorq.listen import ListenError, listen as run, read_recipe_frontend
+    from audiorq.config import ConfigError, FrontendConfig, recipe_section
+    from audiorq.listen import ListenError, listen as run
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     mixup_source: str | list[str] = "self"
     if len(mixup_with) == 1 and mixup_with[0] in ("self", "noise"):
         mixup_source = mixup_with[0]
     elif mixup_with:
         mixup_source = list(mixup_with)
     try:
-        frontend = read_recipe_frontend(frontend_recipe) if frontend_recipe else None
+        frontend = recipe_section(FrontendConfig, frontend_recipe, "frontend") if frontend_recipe else None
         result = run(
             audio, augs=[a for a in aug.split(",") if a.strip()], views=views, seed=seed,
             out_dir=out_dir or f"listen_{Path(audio).stem}", bins=bins, start=start, duration=duration,
@@ -236,7 +233,8 @@ def prepare_task_command(name: str, src: str, dst: str, workers: int | None, var
     NAME: nsynth, us8k, vc1, voxforge, spcv2, spcv2_12, csv (SRC = the CSV file), fsdd_digits,
     fsdd_speakers, esc10. Exit status 1 if some files could not be converted (they are listed).
     """
-    from audiorq.data.tasks import TASKS, TaskError, prepare_task
+    from audiorq.data.prepare import prepare_task
+    from audiorq.data.tasks import TASKS, TaskError
 
     if name not in TASKS:
         raise click.BadParameter(f"unknown task {name!r}; known: {', '.join(TASKS)}", param_hint="NAME")
@@ -263,7 +261,7 @@ def prepare_task_command(name: str, src: str, dst: str, workers: int | None, var
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("dst", type=click.Path())
 @click.option("--workers", "-j", type=int, default=None, help="Parallel processes (default: all CPUs).")
-@click.option("--sample-rate", type=int, default=16000, show_default=True, help="Output sample rate.")
+@click.option("--sample-rate", type=int, default=SAMPLE_RATE, show_default=True, help="Output sample rate.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def prepare_wav_command(src: str, dst: str, workers: int | None, sample_rate: int, progress: bool) -> None:
     """Convert every audio file under SRC to mono 16-bit WAV at the same relative path in DST (resumable).
@@ -271,7 +269,7 @@ def prepare_wav_command(src: str, dst: str, workers: int | None, sample_rate: in
     Unreadable or empty files are skipped and listed; the summary is also written to
     DST/prepare_wav_summary.json.
     """
-    from audiorq.data.convert import prepare_wav
+    from audiorq.data.prepare import prepare_wav
 
     try:
         summary = prepare_wav(src, dst, sample_rate=sample_rate, workers=workers, progress=progress)
@@ -288,8 +286,8 @@ def prepare_wav_command(src: str, dst: str, workers: int | None, sample_rate: in
 @click.option("--workers", "-j", type=int, default=None, help="Parallel processes (default: all CPUs).")
 @click.option("--shard-size", type=int, default=None,
               help="Frames per shard (default 8388608 = 1 GiB at 64 mels, about 23 h of audio).")
-@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Take the frontend settings from this recipe's `frontend:` section.")
+@click.option("--recipe", default=None, metavar="RECIPE",
+              help="Take the frontend settings from this recipe's `frontend:` section (file or shipped name).")
 @click.option("--max-shards", type=int, default=None, help="Stop after this many new shards (run again to go on).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], workers: int | None,
@@ -298,18 +296,15 @@ def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], worke
 
     OVERRIDES are frontend settings as key=value (e.g. mel_scale=htk n_mels=64), applied after --recipe.
     """
-    import yaml
-
-    from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict
-    from audiorq.data.convert import DEFAULT_SHARD_SIZE_FRAMES, prepare_logmel
+    from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict, recipe_section
+    from audiorq.data.prepare import DEFAULT_SHARD_SIZE_FRAMES, prepare_logmel
 
     try:
-        frontend = {}
         if recipe is not None:
-            with open(recipe) as f:
-                frontend = (yaml.safe_load(f) or {}).get("frontend") or {}
-        config = from_dict(FrontendConfig, apply_overrides(frontend, list(overrides)), prefix="frontend.")
-        config.validate()
+            config = recipe_section(FrontendConfig, recipe, "frontend", list(overrides))
+        else:
+            config = from_dict(FrontendConfig, apply_overrides({}, list(overrides)), prefix="frontend.")
+            config.validate()
         summary = prepare_logmel(src, dst, config, shard_size_frames=shard_size or DEFAULT_SHARD_SIZE_FRAMES,
                                  workers=workers, progress=progress, max_new_shards=max_shards)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 from audiorq.atomic import atomic_write, atomic_write_text
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks import Task
 from audiorq.probe.encoders import load_encoder
 from audiorq.probe.run import linear_probe
-from audiorq.train import ENCODER, METRICS, load_pretrain_config, pretrain
+from audiorq.runs import RunFolder
+from audiorq.train import load_pretrain_config, pretrain
+from audiorq.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +108,8 @@ def _run_scores(rows: list[dict]) -> list[float]:
     return [float(np.mean(per_run[r])) for r in sorted(per_run)]
 
 
-def _loss_records(run_dir: str | os.PathLike) -> list[dict]:
-    """The records of a run's metrics.jsonl that carry a loss (logged steps and epoch ends), in order."""
-    path = Path(run_dir) / METRICS
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(json.loads, filter(str.strip, lines)) if "loss" in r]
-
-
 def _final_loss(run_dir: Path) -> float:
-    records = _loss_records(run_dir)
+    records = read_metrics(RunFolder(run_dir).metrics)
     return float(records[-1]["loss"]) if records else float("nan")
 
 
@@ -174,7 +169,7 @@ def compare(
                 result.pretrain_seconds[variant.name] += done[stage_key]["seconds"]
                 losses.append(done[stage_key]["final_loss"])
                 result.run_dirs.setdefault(variant.name, []).append(run_dir)
-                spec = str(run_dir / ENCODER)
+                spec = str(RunFolder(run_dir).encoder)
                 encoder_id = stage_key  # the trained weights are a function of the resolved config
             encoder = None
             for task in tasks:
@@ -210,7 +205,7 @@ def loss_curves(run_dirs: dict[str, list[Path]], path: str | os.PathLike,
     ax = fig.subplots()
     for i, (name, dirs) in enumerate(run_dirs.items()):
         for j, run_dir in enumerate(dirs):
-            steps = [(r["step"], r["loss"]) for r in _loss_records(run_dir) if "epoch_end" not in r]
+            steps = [(r["step"], r["loss"]) for r in read_metrics(RunFolder(run_dir).metrics) if "epoch_end" not in r]
             if steps:
                 ax.plot(*zip(*steps), color=f"C{i % 10}", linewidth=1.0, alpha=0.9 if j == 0 else 0.5,
                         label=labels.get(name, name) if j == 0 else None)

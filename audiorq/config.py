@@ -14,6 +14,11 @@ from audiorq.atomic import atomic_write_text
 
 T = TypeVar("T")
 
+SAMPLE_RATE = 16000  # every waveform inside audiorq is 16 kHz mono (docs/architecture.md)
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # shipped in the wheel; the checkout's recipes/
+MEL_SCALES = ("slaney", "htk")
+FRONTEND_BACKENDS = ("torchaudio", "nnaudio", "librosa", "torch")
+
 
 class ConfigError(ValueError):
     """A recipe or override that does not fit the config schema."""
@@ -21,9 +26,9 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class FrontendConfig:
-    """Log-mel frontend parameters (design.md conventions)."""
+    """Log-mel frontend parameters; the defaults are the conventions of docs/architecture.md."""
 
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     n_fft: int = 1024
     win_length: int = 1024
     hop_length: int = 160
@@ -34,8 +39,8 @@ class FrontendConfig:
     backend: str = "torchaudio"  # torchaudio | nnaudio | librosa | torch
 
     def validate(self) -> None:
-        _check_choice("frontend.mel_scale", self.mel_scale, ("slaney", "htk"))
-        _check_choice("frontend.backend", self.backend, ("torchaudio", "nnaudio", "librosa", "torch"))
+        _check_choice("frontend.mel_scale", self.mel_scale, MEL_SCALES)
+        _check_choice("frontend.backend", self.backend, FRONTEND_BACKENDS)
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise ConfigError(f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
 
@@ -51,10 +56,18 @@ class RQConfig:
     p: float = 1.0
 
     def validate(self) -> None:
-        if self.bins < 1:
-            raise ConfigError(f"augment.rq.bins must be >= 1, got {self.bins}")
-        _check_choice("augment.rq.per", self.per, ("channel", "instance"))
-        _check_prob("augment.rq.p", self.p)
+        check_rq_options(self.bins, self.per, self.p, "augment.rq.")
+
+
+RQ_PER = ("channel", "instance")
+
+
+def check_rq_options(bins: Any, per: str, p: float, prefix: str = "RandomizedQuantization: ") -> None:
+    """The one check of RQ's options (config, module and function all call it); ConfigError names the key."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ConfigError(f"{prefix}bins must be an integer >= 1, got {bins!r}")
+    _check_choice(f"{prefix}per", per, RQ_PER)
+    _check_prob(f"{prefix}p", float(p))
 
 
 @dataclasses.dataclass
@@ -250,22 +263,55 @@ def _deepcopy(d: Any) -> Any:
     return d
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Load dataclass `cls` from an optional YAML recipe plus ``key=value`` overrides, then validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {path} must be a mapping at the top level")
-    data = apply_overrides(data, overrides)
-    cfg = from_dict(cls, data)
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with audiorq (`quick`, `byola_rq`, ...)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def resolve_recipe(recipe: str | os.PathLike) -> Path:
+    """A recipe path, or the name of a shipped recipe (`quick`, `byola_rq.yaml`) -> its file."""
+    path = Path(recipe).expanduser()
+    if path.is_file():
+        return path
+    name = str(recipe)
+    if os.sep not in name and "/" not in name:
+        shipped = RECIPE_DIR / (name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(f"recipe not found: {recipe} (a YAML path, or one of: {', '.join(recipe_names())})")
+
+
+def read_recipe(recipe: str | os.PathLike) -> dict[str, Any]:
+    """The raw mapping of a recipe (path or shipped name); ConfigError naming the file if it is not one."""
+    path = resolve_recipe(recipe)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping at the top level")
+    return data
+
+
+def recipe_section(cls: type[T], recipe: str | os.PathLike, section: str,
+                   overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """One validated section of a recipe (e.g. `frontend` as FrontendConfig), defaults where it is absent."""
+    data = read_recipe(recipe).get(section) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {recipe}: {section} must be a mapping, got {data!r}")
+    try:
+        cfg = from_dict(cls, apply_overrides(data, overrides), section + ".")
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"recipe {recipe}: {e}") from None
+    return cfg
+
+
+def load_config(cls: type[T], recipe: str | os.PathLike | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Load dataclass `cls` from an optional recipe (path or shipped name) plus ``key=value`` overrides, validated."""
+    data = read_recipe(recipe) if recipe is not None else {}
+    cfg = from_dict(cls, apply_overrides(data, overrides))
     validate(cfg)
     return cfg
 

@@ -17,17 +17,17 @@ import torch
 from tqdm import tqdm
 
 from audiorq.atomic import atomic_write_text
-from audiorq.audio import SAMPLE_RATE, save_audio
+from audiorq.audio import save_audio
 from audiorq.compare import Comparison, Variant, compare, comparison_table
-from audiorq.data.audio_folder import AUDIO_EXTENSIONS, list_audio_files
-from audiorq.data.tasks import load_task
-from audiorq.data.tasks.csvfile import load_csv
-from audiorq.data.tasks.record import Task
+from audiorq.config import SAMPLE_RATE
+from audiorq.data.pretrain import AUDIO_EXTENSIONS, list_audio_files
+from audiorq.data.tasks import Task, load_csv, load_task
 from audiorq.listen import ListenResult, listen
+from audiorq.runs import RunFolder
 from audiorq.synth import CORPUS_CLASSES, corpus_clip
 from audiorq.train import load_pretrain_config
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quick.yaml"
+RECIPE = "quick"  # a shipped recipe, resolved by name (audiorq/recipes/quick.yaml)
 # Sized for ~3 minutes of pretraining on 2 CPU cores (about 1.2 s per step of 32 clips), whatever the data.
 DEMO_STEPS = 120
 VARIANTS = [
@@ -58,7 +58,7 @@ class DemoResult:
         rows = [
             ("labeled audio", self.data),
             ("pretraining run (config, checkpoint, metrics, TensorBoard)", run_dir),
-            ("pretrained encoder", run_dir / "encoder.pth"),
+            ("pretrained encoder", RunFolder(run_dir).encoder),
             ("probe scores (one row per run)", self.out_dir / "compare" / "probe" / "scores.csv"),
             ("listen: original, inverted", self.listen.original),
             *((f"listen: {v.aug} view {v.index}", v.path) for v in self.listen.views),

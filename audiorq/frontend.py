@@ -9,14 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from audiorq.config import FrontendConfig
+from audiorq.config import FRONTEND_BACKENDS as BACKENDS, MEL_SCALES, FrontendConfig
 
-BACKENDS = ("torchaudio", "nnaudio", "librosa", "torch")
-MEL_SCALES = ("slaney", "htk")
+_DEFAULT = FrontendConfig()  # the module's defaults are the config's: one home for the conventions
 EPS = float(torch.finfo(torch.float32).eps)
 
 
-def n_frames(n_samples: int, hop_length: int = 160) -> int:
+def n_frames(n_samples: int, hop_length: int = _DEFAULT.hop_length) -> int:
     """Frames of a centered STFT: 1 + S // hop."""
     return 1 + n_samples // hop_length
 
@@ -67,15 +66,15 @@ class LogMelSpectrogram(nn.Module):
 
     def __init__(
         self,
-        sample_rate: int = 16000,
-        n_fft: int = 1024,
-        win_length: int = 1024,
-        hop_length: int = 160,
-        n_mels: int = 64,
-        f_min: float = 60.0,
-        f_max: float = 7800.0,
-        mel_scale: str = "slaney",
-        backend: str = "torchaudio",
+        sample_rate: int = _DEFAULT.sample_rate,
+        n_fft: int = _DEFAULT.n_fft,
+        win_length: int = _DEFAULT.win_length,
+        hop_length: int = _DEFAULT.hop_length,
+        n_mels: int = _DEFAULT.n_mels,
+        f_min: float = _DEFAULT.f_min,
+        f_max: float = _DEFAULT.f_max,
+        mel_scale: str = _DEFAULT.mel_scale,
+        backend: str = _DEFAULT.backend,
     ):
         super().__init__()
         if backend not in BACKENDS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from audiorq.config import SAMPLE_RATE
 
 
 def harmonic_tone(

@@ -21,9 +21,9 @@ import soundfile as sf
 import torch
 
 from audiorq.audio import load_audio, pad_or_crop
-from audiorq.data.audio_folder import AudioFolder
-from audiorq.data.convert import prepare_logmel
-from audiorq.data.logmel_shards import LogMelShards
+from audiorq.config import SAMPLE_RATE
+from audiorq.data.prepare import prepare_logmel
+from audiorq.data.pretrain import AudioFolder, LogMelShards
 from audiorq.frontend import LogMelSpectrogram
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,9 +105,10 @@ def main() -> None:
         src = tmp / "audioset_like"
         src.mkdir()
         rng = np.random.default_rng(0)
-        n = int(args.seconds * 16000)
+        n = int(args.seconds * SAMPLE_RATE)
         for k in range(args.clips):
-            sf.write(src / f"{k:05d}.wav", (0.1 * rng.standard_normal(n)).astype(np.float32), 16000, subtype="PCM_16")
+            sf.write(src / f"{k:05d}.wav", (0.1 * rng.standard_normal(n)).astype(np.float32), SAMPLE_RATE,
+                     subtype="PCM_16")
         bench_source(f"synthetic {args.seconds:g} s 16 kHz wav", src, tmp, args.workers, frontend)
         if args.esc10.is_dir():
             listing = tmp / "esc10.txt"

@@ -1,4 +1,4 @@
-"""Log-mel inversion: speed and quality of `audiorq.listen.invert_logmel`, and per-augmentation figures.
+"""Log-mel inversion: speed and quality of `audiorq.listen.invert.invert_logmel`, and per-augmentation figures.
 
 1. Speed: one 1 s clip, 32 Griffin-Lim iterations, at three input levels (x1, x1000 loud, x0.001 quiet);
    median seconds of our inversion (KL and least-squares non-negative solves, and the bare clamped
@@ -8,7 +8,8 @@
    (natural log, bins within 40 dB of the peak) of the re-analysed inverted audio against its target
    log-mel, spectral convergence, and how much each augmentation changed the log-mel.
 
-    python eval/bench_listen.py [--device cpu|cuda] [--repeats 3] [--iters 32] [--clips 3] [--data DIR]
+    python eval/bench_listen.py [--device auto|cpu|cuda] [--repeats 3] [--iters 32] [--clips 3] [--data DIR]
+    python eval/bench_listen.py --repeats 1 --iters 2 --clips 1    # smoke run
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ import numpy as np
 import torch
 
 from audiorq.audio import load_audio
+from audiorq.config import SAMPLE_RATE
+from audiorq.device import resolve_device
 from audiorq.frontend import LogMelSpectrogram
-from audiorq.listen import invert_logmel, listen, logmel_error
+from audiorq.listen import listen
+from audiorq.listen.invert import invert_logmel, logmel_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,13 +125,13 @@ def quality_table(clips: list[Path], device: torch.device, n_iter: int) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=32, help="Griffin-Lim iterations")
     parser.add_argument("--clips", type=int, default=3, help="clips per dataset (FSDD, ESC-10) for quality")
     parser.add_argument("--data", default=os.environ.get("AUDIORQ_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     data = Path(args.data)
     speech = sorted((data / "fsdd" / "recordings").glob("*.wav"))
     env = sorted((data / "esc10").glob("*/*.ogg"))
@@ -142,8 +146,8 @@ def main() -> None:
         clip, source = load_audio(rain, duration=1.0), f"{rain.name} (first 1 s)"
     else:  # no shared data: a 1 s chirp plus noise stands in
         g = torch.Generator().manual_seed(0)
-        t = torch.arange(16000) / 16000
-        clip = 0.3 * torch.sin(2 * torch.pi * (200 * t + 1500 * t**2)) + 0.02 * torch.randn(16000, generator=g)
+        t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
+        clip = 0.3 * torch.sin(2 * torch.pi * (200 * t + 1500 * t**2)) + 0.02 * torch.randn(SAMPLE_RATE, generator=g)
         source = "synthetic 1 s chirp + noise"
     print(f"## Speed: 1 s clip ({source}), {args.repeats} timed runs after a warm-up\n")
     print("\n".join(speed_table(clip, device, args.repeats, args.iters)))

@@ -21,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from audiorq.config import SAMPLE_RATE
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.probe.classifier import StandardScaler, train_linear_classifier
 from audiorq.probe.encoders import load_encoder
@@ -34,7 +35,7 @@ def _sync(device: torch.device) -> None:
 def embed_rate(encoder, frontend, seconds: float, n_clips: int, batch: int, device: torch.device) -> float:
     """Clips/s of log-mel + normalization + encoder on in-memory waveforms (after a warm-up batch)."""
     g = torch.Generator().manual_seed(0)
-    wave = (0.1 * torch.randn(min(batch, n_clips), int(seconds * 16000), generator=g)).to(device)
+    wave = (0.1 * torch.randn(min(batch, n_clips), int(seconds * SAMPLE_RATE), generator=g)).to(device)
     with torch.inference_mode():
         encoder((frontend(wave[:1]) + 10) / 5)
         _sync(device)

@@ -1,6 +1,6 @@
 """Training-step benchmark: samples/s of a full BYOL step, split into data wait, augmentation and model.
 
-Runs the real training loop pieces (`audiorq.train.Trainer`: its DataLoader, `make_views`, `train_step`)
+Runs the real training pieces (`audiorq.train`: `build_training`, `make_loader`, the `ViewMaker`, `train_step`)
 for a few steps from (a) prepared log-mel shards and (b) audio files, and compares batched on-device
 RandomResizeCrop + RQ with applying them sample by sample in DataLoader workers (BYOL-A's way), all
 in the same run.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from audiorq.augment import build_augmentation  # noqa: E402
 from audiorq.config import PretrainConfig, load_config  # noqa: E402
-from audiorq.train import Trainer  # noqa: E402
+from audiorq.train import TrainingParts, build_training, make_loader, train_step  # noqa: E402
 
 AUDIOSET_CLIPS = 2_000_000
 
@@ -48,25 +48,24 @@ def make_config(args: argparse.Namespace, out_dir: Path, *extra: str) -> Pretrai
     ])
 
 
-def timed_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, float]:
+def timed_steps(parts: TrainingParts, warmup: int, steps: int) -> dict[str, float]:
     """Run warmup + steps real steps; per-step seconds of data wait, augmentation (views) and model."""
-    trainer.setup()
-    device = trainer.device
-    if hasattr(trainer.dataset, "set_epoch"):
-        trainer.dataset.set_epoch(0)
-    trainer.sampler.set_epoch(0)
-    if trainer.sampler.batches_per_epoch < warmup + steps:
-        raise SystemExit(f"need {(warmup + steps) * trainer.local_batch} items, the dataset has {len(trainer.dataset)}")
-    batches = iter(trainer.loader())
+    device = parts.device
+    if hasattr(parts.dataset, "set_epoch"):
+        parts.dataset.set_epoch(0)
+    parts.sampler.set_epoch(0)
+    if parts.sampler.batches_per_epoch < warmup + steps:
+        raise SystemExit(f"need {(warmup + steps) * parts.local_batch} items, the dataset has {len(parts.dataset)}")
+    batches = iter(make_loader(parts))
     data, aug, model = [], [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         batch, n_bad = next(batches)
         t1 = time.perf_counter()
-        view1, view2 = trainer.make_views(batch)
+        view1, view2 = parts.views(batch.to(device, non_blocking=True), generator=parts.aug_generator)
         synchronize(device)
         t2 = time.perf_counter()
-        trainer.train_step(view1, view2)
+        train_step(parts, view1, view2, parts.learning_rate(i), parts.ema_decay(i))
         synchronize(device)
         t3 = time.perf_counter()
         if i >= warmup:
@@ -75,7 +74,7 @@ def timed_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, float]:
             model.append(t3 - t2)
     med = {k: statistics.median(v) for k, v in (("data", data), ("augment", aug), ("model", model))}
     med["step"] = med["data"] + med["augment"] + med["model"]
-    med["samples_per_s"] = trainer.local_batch / med["step"]
+    med["samples_per_s"] = parts.local_batch / med["step"]
     return med
 
 
@@ -171,27 +170,27 @@ def main() -> None:
         need = (args.warmup + args.steps) * args.batch
         audio = None if args.aug_only else args.audio
         if audio and Path(audio).is_dir():
-            from audiorq.data.audio_folder import list_audio_files
+            from audiorq.data.pretrain import list_audio_files
 
             files = list_audio_files(audio)[0][:need]
             (tmp / "files.txt").write_text("\n".join(str(Path(audio).resolve() / f) for f in files) + "\n")
             audio = str(tmp / "files.txt")
         shards = None if args.aug_only else args.shards
         if shards is None and audio:
-            from audiorq.data.convert import prepare_logmel
+            from audiorq.data.prepare import prepare_logmel
 
             t0 = time.perf_counter()
             prepare_logmel(audio, tmp / "shards", progress=False)
             shards = str(tmp / "shards")
             print(f"(prepared {need} clips into log-mel shards in {time.perf_counter() - t0:.1f} s, not timed below)")
         if shards:
-            trainer = Trainer(make_config(args, tmp / "run_shards", f"data.source={shards}", "data.kind=logmel"))
-            results["shards"] = timed_steps(trainer, args.warmup, args.steps)
+            parts = build_training(make_config(args, tmp / "run_shards", f"data.source={shards}", "data.kind=logmel"))
+            results["shards"] = timed_steps(parts, args.warmup, args.steps)
             report("log-mel shards", results["shards"], 0.10 if device.type == "cpu" else None)
         if audio:
-            trainer = Trainer(make_config(args, tmp / "run_audio", f"data.source={audio}", "data.kind=wave",
-                                          "data.stats_items=64"))
-            results["audio"] = timed_steps(trainer, args.warmup, args.steps)
+            parts = build_training(make_config(args, tmp / "run_audio", f"data.source={audio}", "data.kind=wave",
+                                               "data.stats_items=64"))
+            results["audio"] = timed_steps(parts, args.warmup, args.steps)
             report("audio files", results["audio"], 0.25 if device.type == "cpu" else None)
         if not results:
             print("(no --audio / --shards: only the augmentation comparison runs)")

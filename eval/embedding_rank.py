@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from audiorq.audio import SAMPLE_RATE, load_audio, pad_or_crop
-from audiorq.data.audio_folder import list_audio_files
+from audiorq.data.pretrain import list_audio_files
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.probe.encoders import load_encoder
 

@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from audiorq.audio import load_audio
-from audiorq.data.audio_folder import AudioFolder, StringTable, crop_offset, scan_audio
-from audiorq.data.collate import collate_skipping
-from audiorq.data.stats import compute_norm_stats
+from audiorq.data.pretrain import (
+    AudioFolder, StringTable, collate_skipping, compute_norm_stats, crop_offset, scan_audio,
+)
 from audiorq.frontend import LogMelSpectrogram
 
 SR = 16000

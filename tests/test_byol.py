@@ -1,4 +1,4 @@
-"""BYOL learner pieces (MLP head, momentum update, cosine schedule, loss) and BYOL-A checkpoint names."""
+"""BYOL learner pieces (MLP head, momentum update, loss) and BYOL-A checkpoint names."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from audiorq.models import AudioNTT2020
-from audiorq.models.byol import BYOLLearner, MLPHead, byol_loss, cosine_schedule, momentum_update
+from audiorq.models.byol import BYOLLearner, MLPHead, byol_loss, momentum_update
 
 
 def byola_state_dict(n_mels: int = 64, d: int = 2048) -> dict[str, torch.Tensor]:
@@ -72,15 +72,6 @@ def test_momentum_update_is_ema_of_parameters_and_copies_buffers():
         assert torch.equal(t, o)
     with pytest.raises(ValueError, match="decay"):
         momentum_update(online, target, decay=1.5)
-
-
-def test_cosine_schedule_endpoints_and_monotone():
-    values = [cosine_schedule(s, 100, 0.99, 1.0) for s in range(0, 101)]
-    assert values[0] == pytest.approx(0.99) and values[-1] == pytest.approx(1.0)
-    assert values[50] == pytest.approx(0.995)
-    assert all(b >= a for a, b in zip(values, values[1:]))
-    assert cosine_schedule(500, 100, 0.99, 1.0) == pytest.approx(1.0)
-    assert cosine_schedule(3, 0, 0.5, 0.0) == 0.0
 
 
 def test_byol_loss_values_and_stop_gradient():

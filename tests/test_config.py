@@ -26,7 +26,7 @@ def test_errors_name_the_key(tmp_path):
         load_config(AugmentConfig, None, ["rq.binz=3"])
     with pytest.raises(ConfigError, match="rq.bins must be int"):
         load_config(AugmentConfig, None, ["rq.bins=many"])
-    with pytest.raises(ConfigError, match="rq.bins must be >= 1"):
+    with pytest.raises(ConfigError, match="rq.bins must be an integer >= 1"):
         load_config(AugmentConfig, None, ["rq.bins=0"])
     with pytest.raises(ConfigError, match="rq.random_bins must be true/false"):
         load_config(AugmentConfig, None, ["rq.random_bins=maybe"])

@@ -1,9 +1,11 @@
-"""Log-mel inversion (non-negative mel solve + Griffin-Lim) and the `listen` command."""
+"""Log-mel inversion (audiorq.listen.invert), figures and the `listen` pipeline and command."""
 
 from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +14,17 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+import audiorq.listen
 from audiorq.audio import AudioError, load_audio
-from audiorq.config import ConfigError
+from audiorq.config import SAMPLE_RATE, ConfigError, FrontendConfig, recipe_section
 from audiorq.frontend import LogMelSpectrogram
-from audiorq.listen import (
-    FIGURE_DPI, ListenError, figure_size, griffin_lim, invert_logmel, invert_with_quality, listen,
-    logmel_error, logmel_to_magnitude, mel_to_power, spectral_convergence,
+from audiorq.listen import ListenError, listen
+from audiorq.listen.figures import FIGURE_DPI, figure_size
+from audiorq.listen.invert import (
+    InverseLogMel, griffin_lim, invert_logmel, invert_with_quality, logmel_error, logmel_to_magnitude,
+    mel_to_power, spectral_convergence,
 )
-from conftest import make_chirp
+from conftest import REPO, make_chirp
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 HOP = 160
@@ -37,7 +42,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def _write_wav(path: Path, wave: np.ndarray, sr: int = 16000) -> Path:
+def _write_wav(path: Path, wave: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     sf.write(str(path), wave.astype(np.float32), sr)
     return path
 
@@ -159,6 +164,59 @@ def test_quality_measures_detect_a_wrong_waveform(frontend):
     assert good < 1.0 < bad
 
 
+def test_inverse_logmel_module_equals_the_function(frontend):
+    logmel = frontend(torch.stack([make_chirp(0.5), 0.1 * make_chirp(0.5, f0=300, f1=3000)]))  # (2, 1, F, T)
+    module = InverseLogMel(frontend, n_iter=4, nnls_iterations=10, solver="ls")
+    expected = invert_logmel(logmel, frontend, n_iter=4, nnls_iterations=10, solver="ls")
+    assert torch.equal(module(logmel), expected)
+    length = (logmel.shape[-1] - 1) * HOP + HOP // 2  # any length that still gives T frames
+    assert module(logmel, length=length).shape == (2, length)
+    assert module.frontend is frontend  # a submodule: .to(device) moves its filterbank and window
+    with pytest.raises(ValueError, match="n_iter"):
+        InverseLogMel(frontend, n_iter=0)
+    with pytest.raises(ValueError, match="solver"):
+        InverseLogMel(frontend, solver="nnls")
+
+
+def test_invert_module_imports_no_io_config_or_plotting():
+    """invert.py alone (loaded from its file, without the pipeline in the package __init__) pulls in none of
+    matplotlib, yaml, librosa, audiorq.config or audiorq.augment: importing them is made to fail."""
+    code = f"""
+import importlib.abc, importlib.util, sys
+BLOCKED = ("matplotlib", "yaml", "librosa", "audiorq.augment", "audiorq.config", "audiorq.listen")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(BLOCKED):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+spec = importlib.util.spec_from_file_location("invert_alone", {str(REPO / "audiorq" / "listen" / "invert.py")!r})
+module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+spec.loader.exec_module(module)
+assert callable(module.invert_logmel) and issubclass(module.InverseLogMel, module.nn.Module)
+loaded = sorted(m for m in sys.modules if m.startswith(BLOCKED))
+assert not loaded, loaded
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_package_exports_and_removed_reader():
+    """Every public name stays importable from audiorq.listen; the private recipe reader is gone."""
+    from audiorq.listen import figures, invert
+
+    for module in (invert, figures):
+        for name in module.__all__:
+            assert getattr(audiorq.listen, name) is getattr(module, name), name
+    for name in audiorq.listen.__all__:
+        assert hasattr(audiorq.listen, name), name
+    for name in ("_read_recipe", "read_recipe_augment", "read_recipe_frontend"):
+        assert not hasattr(audiorq.listen, name), name
+    # Importing the pipeline leaves matplotlib for the first figure (the CLI imports this module).
+    done = subprocess.run([sys.executable, "-c", "import sys, audiorq.listen; assert 'matplotlib' not in sys.modules"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # listen
 
@@ -176,7 +234,7 @@ def test_listen_writes_audio_figure_and_manifest(speech_like, tmp_path):
     assert names == ["listen.json", "original.wav", "view1.wav", "view2.wav", "views.png"]
     for wav in ["original.wav", "view1.wav", "view2.wav"]:
         data, sr = _read(out / wav)
-        assert sr == 16000
+        assert sr == SAMPLE_RATE
         assert abs(len(data) - clip.shape[-1]) <= HOP
         assert np.abs(data).max() > 0.01
     # Loudness matched to the original.
@@ -225,6 +283,26 @@ def test_listen_recipe_and_bins(speech_like, tmp_path):
     (tmp_path / "bad.yaml").write_text("augment:\n  rq: {binz: 2}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml.*augment.rq.binz"):
         listen(speech_like, augs=[str(tmp_path / "bad.yaml")], out_dir=tmp_path / "o2")
+    # The bins bound is RQConfig's; it only applies to the `rq` row.
+    with pytest.raises(ConfigError, match=r"rq\.bins must be .*>= 1"):
+        listen(speech_like, augs=["none", "rq"], bins=0, out_dir=tmp_path / "o3")
+    assert not (tmp_path / "o3").exists()
+    listen(speech_like, augs=["none"], bins=0, views=1, out_dir=tmp_path / "o4", n_iter=1)
+
+
+def test_listen_frontend_from_recipe_section_and_device(speech_like, tmp_path):
+    recipe = tmp_path / "htk.yaml"
+    recipe.write_text("frontend: {mel_scale: htk, n_mels: 48}\n")
+    frontend = recipe_section(FrontendConfig, recipe, "frontend")
+    result = listen(speech_like, augs=["none"], views=1, out_dir=tmp_path / "o", n_iter=1, frontend=frontend,
+                    device="auto")
+    manifest = json.loads((tmp_path / "o" / "listen.json").read_text())
+    assert (manifest["frontend"]["mel_scale"], manifest["frontend"]["n_mels"]) == ("htk", 48)
+    assert result.original_logmel.shape[2] == 48
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            listen(speech_like, augs=["none"], out_dir=tmp_path / "gpu", device="cuda")
+        assert not (tmp_path / "gpu").exists()
 
 
 def test_listen_mixup_bank_sources(speech_like, tmp_path):
@@ -265,7 +343,7 @@ def test_listen_bad_inputs(tmp_path, speech_like):
     garbage.write_text("this is not audio\n" * 100)
     with pytest.raises(AudioError, match="notes.wav: unreadable"):
         listen(garbage, out_dir=tmp_path / "o")
-    silent = _write_wav(tmp_path / "silent.wav", np.zeros(16000))
+    silent = _write_wav(tmp_path / "silent.wav", np.zeros(SAMPLE_RATE))
     with pytest.raises(AudioError, match="silent.wav: silent"):
         listen(silent, out_dir=tmp_path / "o")
     short = _write_wav(tmp_path / "short.wav", 0.1 * np.ones(500))

@@ -12,11 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from audiorq.config import FrontendConfig, to_dict
-from audiorq.data.audio_folder import crop_offset
-from audiorq.data.collate import collate_skipping
-from audiorq.data.convert import prepare_logmel
-from audiorq.data.logmel_shards import META_FILE, SHARD_DIR, SILENCE_LOG_MEL, LogMelShards
-from audiorq.data.stats import compute_norm_stats
+from audiorq.data.prepare import prepare_logmel
+from audiorq.data.pretrain import LogMelShards, collate_skipping, compute_norm_stats, crop_offset
+from audiorq.data.pretrain.logmel_shards import (
+    META_FILE, SHARD_DIR, SILENCE_LOG_MEL, finished_shard, write_meta, write_shard,
+)
 from audiorq.frontend import EPS
 
 SR = 16000
@@ -35,6 +35,30 @@ def shards(tmp_path_factory) -> Path:
     summary = prepare_logmel(src, dst, shard_size_frames=300, workers=1, progress=False)
     assert summary.complete and summary.n_shards == 4  # [201], [131, 51], [311], [31]
     return dst
+
+
+def test_shard_writer_and_reader_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(-5, 2, size=(n, 8)).astype(np.float16) for n in (120, 7, 40)]
+    shard_dir = tmp_path / SHARD_DIR
+    bad = [("bad.wav", "unreadable audio")]
+    indexes = [
+        write_shard(shard_dir, 0, 8, iter([("a.wav", clips[0]), bad[0]])),
+        write_shard(shard_dir, 1, 8, iter([("b/c.wav", clips[1]), ("d.wav", clips[2])])),
+    ]
+    assert finished_shard(shard_dir, 1) == indexes[1] and indexes[0]["bad"] == [list(bad[0])]
+    stats = write_meta(tmp_path, tmp_path, indexes, to_dict(FrontendConfig(n_mels=8)), bad, 1000)
+
+    ds = LogMelShards(tmp_path, crop_frames=32)
+    assert list(ds.paths) == ["a.wav", "b/c.wav", "d.wav"] and ds.n_mels == 8 and ds.stats == stats
+    for i, clip in enumerate(clips):
+        np.testing.assert_array_equal(ds.clip(i), clip)
+    assert ds[1].shape == (1, 8, 32)  # the 7-frame clip, padded
+    values = np.concatenate([c.astype(np.float64).ravel() for c in clips])
+    assert stats == pytest.approx((values.mean(), values.std()), rel=1e-12)
+    assert ds.meta["bad"] == [list(bad[0])] and ds.meta["shard_frames"] == [120, 47]
+    # The streamed shard files are plain .npy arrays.
+    np.testing.assert_array_equal(np.load(shard_dir / "shard-00001.npy"), np.concatenate(clips[1:]))
 
 
 def test_attributes(shards):
@@ -71,7 +95,7 @@ def test_crops_read_the_right_shard_bytes(shards):
 
 
 def test_open_shard_limit(shards, monkeypatch):
-    import audiorq.data.logmel_shards as module
+    import audiorq.data.pretrain.logmel_shards as module
 
     monkeypatch.setattr(module, "MAX_OPEN_SHARDS", 2)
     ds = LogMelShards(shards)

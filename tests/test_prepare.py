@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from audiorq.audio import load_audio
 from audiorq.cli import main
 from audiorq.config import FrontendConfig
-from audiorq.data.convert import (
-    NPY_HEADER_BYTES, logmel_frames, merge_stats, npy_header, plan_shards, prepare_logmel, prepare_wav,
+from audiorq.data.prepare import logmel_frames, plan_shards, prepare_logmel, prepare_wav
+from audiorq.data.pretrain.logmel_shards import (
+    INDEX_FILE, META_FILE, NPY_HEADER_BYTES, PATHS_FILE, SHARD_DIR, merge_stats, npy_header,
 )
-from audiorq.data.logmel_shards import INDEX_FILE, META_FILE, PATHS_FILE, SHARD_DIR
 from audiorq.frontend import LogMelSpectrogram
 
 SR = 16000
@@ -202,15 +202,15 @@ def test_resume_after_interruption_gives_identical_files(source, prepared, tmp_p
 
 KILL_SCRIPT = """
 import os, signal, sys
-import audiorq.data.convert as convert
-real, calls = convert._clip_logmel, [0]
+import audiorq.data.prepare.logmel as logmel
+real, calls = logmel._clip_logmel, [0]
 def dying(frontend, path):
     calls[0] += 1
     if calls[0] == int(sys.argv[3]):  # killed in the middle of writing a shard
         os.kill(os.getpid(), signal.SIGKILL)
     return real(frontend, path)
-convert._clip_logmel = dying
-convert.prepare_logmel(sys.argv[1], sys.argv[2], shard_size_frames=250, workers=1, progress=False)
+logmel._clip_logmel = dying
+logmel.prepare_logmel(sys.argv[1], sys.argv[2], shard_size_frames=250, workers=1, progress=False)
 """
 
 
@@ -250,3 +250,32 @@ def test_cli_prepare_wav_and_logmel(source, tmp_path):
     assert np.load(tmp_path / "lm" / SHARD_DIR / "shard-00000.npy").shape[1] == 32
     result = runner.invoke(main, ["prepare", "logmel", str(src), str(tmp_path / "x"), "mel_scale=bark"])
     assert result.exit_code == 2 and "mel_scale" in result.output
+
+
+def test_every_stage_runs_its_jobs_with_the_one_start_method(source, tmp_path, monkeypatch):
+    import audiorq.data.prepare
+    from audiorq.data.prepare import prepare_task, runner
+
+    # Only the runner starts processes ...
+    for path in Path(audiorq.data.prepare.__file__).parent.glob("*.py"):
+        if path.name != "runner.py":
+            assert "multiprocessing" not in path.read_text() and "ProcessPool" not in path.read_text(), path.name
+    # ... and every stage's parallel run gets its pool from it, started the same (fork-free) way.
+    started = []
+    real_pool = runner.ProcessPoolExecutor
+
+    def spy(*args, mp_context, **kwargs):
+        started.append(mp_context.get_start_method())
+        return real_pool(*args, mp_context=mp_context, **kwargs)
+
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", spy)
+    src, rels = source
+    (src / "task.csv").write_text("path,label,split\n" + "".join(
+        f"{rel},{'ab'[k % 2]},{'train' if k < 4 else 'test'}\n" for k, rel in enumerate(rels)))
+    try:
+        assert prepare_wav(src, tmp_path / "wav", workers=2, progress=False).n_done == 6
+        assert prepare_logmel(src, tmp_path / "lm", shard_size_frames=250, workers=2, progress=False).complete
+        assert prepare_task("csv", src / "task.csv", tmp_path / "task", workers=2, progress=False).converted == 6
+    finally:
+        (src / "task.csv").unlink()
+    assert runner.START_METHOD in ("forkserver", "spawn") and started == [runner.START_METHOD] * 3

@@ -11,7 +11,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from audiorq.cli import main
-from audiorq.data.tasks import CountMismatchWarning, load_task, prepare_task, shared_data_root
+from audiorq.data.prepare import prepare_task
+from audiorq.data.tasks import CountMismatchWarning, load_task, shared_data_root
 from tests.test_tasks import NOISE_SECONDS, make_spcv2, make_us8k
 
 pytestmark = pytest.mark.filterwarnings("ignore::audiorq.data.tasks.CountMismatchWarning")
@@ -139,7 +140,7 @@ def test_prepare_csv_of_real_esc10_clips(tmp_path):
 
 def test_prepare_refuses_output_inside_source(tmp_path):
     make_spcv2(tmp_path)
-    with pytest.raises(ValueError, match=r"must not be inside the source folder"):
+    with pytest.raises(ValueError, match=r"must not be the source folder or inside the source folder"):
         prepare_task("spcv2", tmp_path, tmp_path / "out", workers=1, progress=False)
 
 

@@ -12,13 +12,12 @@ from click.testing import CliRunner
 
 from audiorq.audio import load_audio, pad_or_crop
 from audiorq.config import ConfigError
-from audiorq.data.tasks.record import Split, Task
+from audiorq.data.tasks import Split, Task, TaskError
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.models.ntt import AudioNTT2020
 from audiorq.probe import (
     EncoderError,
     ProbeError,
-    compute_norm_stats,
     embed_task,
     format_table,
     linear_probe,
@@ -26,6 +25,7 @@ from audiorq.probe import (
     parse_task_data,
     probe_config,
     read_scores,
+    task_norm_stats,
 )
 from audiorq.probe.embed import norm_stats_files
 
@@ -105,7 +105,8 @@ def test_checkpoint_and_exported_state_dict_load_the_same_encoder(tmp_path):
     model = AudioNTT2020(n_mels=64, d=24)
     (tmp_path / "run").mkdir()
     torch.save({k: v for k, v in model.state_dict().items()}, tmp_path / "run" / "encoder.pth")
-    ckpt = {"encoder": model.state_dict(), "epoch": 3, "numpy_rng": np.random.get_state(),
+    # Tensors and plain containers only, as the trainer writes them (pickled objects are refused).
+    ckpt = {"encoder": model.state_dict(), "epoch": 3, "rng": [{"torch": torch.get_rng_state()}],
             "config": {"frontend": {"mel_scale": "htk", "n_mels": 64}}}
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     exported, info_e = load_encoder(str(tmp_path / "run"))  # a run folder: its encoder.pth
@@ -163,11 +164,11 @@ def test_norm_stats_equal_direct_computation(tones):
     chosen = norm_stats_files(tones, config)
     assert len(chosen) == 5 and set(chosen) <= set(tones.splits[0].train)  # P1: training split only
     frontend = LogMelSpectrogram()
-    mean, std = compute_norm_stats(tones, config, frontend, progress=False)
+    mean, std = task_norm_stats(tones, config, frontend, progress=False)
     # Clips (<= 0.7 s) are shorter than unit_sec 0.75, so pad_or_crop only pads (no randomness).
     config = probe_config("byola", norm_files=100)
     task = Task(tones.name, tones.classes, 0.75, tones.files, tones.labels, tones.splits)
-    mean, std = compute_norm_stats(task, config, frontend, progress=False)
+    mean, std = task_norm_stats(task, config, frontend, progress=False)
     lms = torch.cat([
         frontend(pad_or_crop(load_audio(task.files[i]), 12000, "byola"))[0, 0]
         for i in task.splits[0].train
@@ -242,7 +243,7 @@ def test_cross_validation_task_carves_validation_per_fold(tmp_path):
 def test_missing_files_are_listed_and_can_be_skipped(tones, tmp_path):
     ghosts = tuple(str(tmp_path / f"ghost{k}.wav") for k in range(7))
     task = Task(tones.name, tones.classes, tones.unit_sec, tones.files[:-7] + ghosts, tones.labels, tones.splits)
-    with pytest.raises(ProbeError, match=r"7 of 24 files are missing:\n  .*ghost0.wav") as err:
+    with pytest.raises(TaskError, match=r"7 of 24 listed files are missing, e.g.\n  .*ghost0.wav") as err:
         linear_probe("logmel", task, runs=1, out_dir=None, progress=False)
     assert "and 2 more" in str(err.value) and "--skip-missing" in str(err.value)
     with pytest.warns(UserWarning, match="skipping 7 missing"):
@@ -255,7 +256,7 @@ def test_class_absent_from_train_is_named(tones):
     labels[labels == 2] = 1
     labels[tones.splits[0].test[-1]] = 2  # "high" only in test
     task = Task(tones.name, tones.classes, tones.unit_sec, tones.files, labels, tones.splits)
-    with pytest.raises(ProbeError, match=r"\['high'\] absent from the training set"):
+    with pytest.raises(TaskError, match=r"\['high'\] occur in test but not in train of split 'official'"):
         linear_probe("logmel", task, runs=1, out_dir=None, progress=False)
 
 

@@ -167,7 +167,7 @@ def test_us8k_class_in_one_fold_only_is_an_error(tmp_path):
     meta.write_text(meta.read_text() + "999-0-0-0.wav,999,0,1,1,4,9,siren\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CountMismatchWarning)
-        with pytest.raises(TaskError, match=r"\['siren'\] occur only in fold 4"):
+        with pytest.raises(TaskError, match=r"\['siren'\] occur in test but not in train of split 'fold4'"):
             load_task("us8k", tmp_path)
 
 
@@ -389,7 +389,7 @@ def test_csv_folds_are_leave_one_fold_out_and_spans(tmp_path):
         ("path,label\na.wav,x\n", r"needs a split or a fold column"),
         ("path,label,split\na.wav,x,training\n", r"line 2: unknown split 'training'"),
         ("path,label,split\na.wav,x,train\nb.wav,y,\n", r"line 3: empty split"),
-        ("path,label,split\na.wav,x,train\nb.wav,x,valid\n", r"the test split is empty"),
+        ("path,label,split\na.wav,x,train\nb.wav,x,valid\n", r"the test set of split 'official' is empty"),
         ("path,label,split\na.wav,x,train\nb.wav,y,test\n", r"\['y'\] occur in test but not in train"),
         ("path,label,split,start\na.wav,x,train,-1\nb.wav,x,test,0\n", r"line 2: start: '-1' must be"),
     ],

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 from torch.utils.data import Dataset
 
-from audiorq.config import ConfigError, PretrainConfig, from_dict, load_config
+from audiorq.config import ConfigError, PretrainConfig, from_dict, load_config, recipe_names
 from audiorq.models import AudioNTT2020
 from audiorq.train import (
     BadDataError, ResumableSampler, RunDirError, Trainer, TrainingInterrupted, load_checkpoint, pretrain,
@@ -183,22 +183,24 @@ def test_logmel_dataset_uses_its_stats_and_lr_ema_schedules(tmp_path):
                       "optim.schedule=cosine", "optim.warmup_epochs=0.5", "epochs=2", "batch_size=2")
     trainer = Trainer(cfg, dataset=ToyLogMel(n=4))
     trainer.fit()
-    assert trainer.norm_stats == [-6.0, 3.0]
+    parts = trainer.parts
+    assert parts.norm_stats == [-6.0, 3.0] and parts.cfg.data.norm_stats == [-6.0, 3.0]
+    assert cfg.data.norm_stats is None  # the caller's config is not written into
     assert load_checkpoint(trainer.run_dir / "checkpoint.pt")["norm_stats"] == [-6.0, 3.0]
     # 2 steps per epoch x 2 epochs; warmup 1 step.
-    assert trainer.total_steps == trainer.schedule_steps == 4
-    assert trainer.learning_rate(0) == pytest.approx(1e-3)
-    assert trainer.learning_rate(1) == pytest.approx(1e-3)
-    assert trainer.learning_rate(3) == pytest.approx(1e-3 * (1 + torch.cos(torch.tensor(2 / 3 * torch.pi)).item()) / 2)
-    assert trainer.ema_decay(0) == pytest.approx(0.99) and trainer.ema_decay(4) == pytest.approx(1.0)
+    assert parts.total_steps == parts.schedule_steps == 4
+    assert parts.learning_rate(0) == pytest.approx(1e-3)
+    assert parts.learning_rate(1) == pytest.approx(1e-3)
+    assert parts.learning_rate(3) == pytest.approx(1e-3 * (1 + torch.cos(torch.tensor(2 / 3 * torch.pi)).item()) / 2)
+    assert parts.ema_decay(0) == pytest.approx(0.99) and parts.ema_decay(4) == pytest.approx(1.0)
 
 
 def test_fp16_steps_use_a_grad_scaler_that_is_checkpointed(tmp_path):
     trainer = Trainer(tiny_config(tmp_path / "run", "max_steps=1", "precision=fp16"), dataset=ToyWaves())
     trainer.fit()
-    assert trainer.amp_dtype == torch.float16 and trainer.scaler is not None
+    assert trainer.parts.amp_dtype == torch.float16 and trainer.parts.scaler is not None
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert ckpt["scaler"]["scale"] == trainer.scaler.get_scale()
+    assert ckpt["scaler"]["scale"] == trainer.parts.scaler.get_scale()
     assert all(torch.isfinite(v).all() for v in ckpt["learner"].values() if v.is_floating_point())
 
 
@@ -219,7 +221,8 @@ def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     trainer = Trainer(tiny_config(Path(out) / "run", "max_steps=2", "batch_size=8"), dataset=ToyWaves(n=24))
     trainer.fit()
-    torch.save({"learner": trainer.learner.state_dict(), "seen": trainer.seen}, Path(out) / f"rank{rank}.pt")
+    torch.save({"learner": trainer.parts.learner.state_dict(), "seen": trainer.parts.progress.seen},
+               Path(out) / f"rank{rank}.pt")
 
 
 def test_ddp_two_cpu_ranks_keep_identical_weights(tmp_path):
@@ -256,6 +259,10 @@ def test_recipes_load_and_differ_from_the_paper_only_where_named():
     for p in recipes:
         cfg = load_config(PretrainConfig, p)
         assert cfg.out_dir.endswith(p.stem), p  # every recipe writes to its own run folder
+        assert load_config(PretrainConfig, p.stem) == cfg  # a shipped recipe also resolves by name
+    assert recipe_names() == sorted(names)
+    with pytest.raises(ConfigError, match="recipe not found: nope .*byola_rq"):
+        load_config(PretrainConfig, "nope")
 
 
 def test_cli_pretrain_reports_config_errors(tmp_path):

@@ -1,4 +1,4 @@
-"""Randomized quantization (RQ) of log-mel batches (B, 1, F, T) or (B, F, T): paper §3.2, design.md.
+"""Randomized quantization (RQ) of log-mel batches (B, 1, F, T) or (B, F, T): paper §3.2, docs/architecture.md.
 
 Each row -- one (sample, mel bin) over time for ``per="channel"``, one whole sample for ``per="instance"`` --
 gets its own quantizer: its value range [lo, hi] is split at bins - 1 sorted random cut points, and every value
@@ -16,6 +16,8 @@ from types import ModuleType
 import numpy as np
 import torch
 from torch import nn
+
+from audiorq.config import check_rq_options
 
 __all__ = ["RandomizedQuantization", "quantize_rows", "randomized_quantization", "sample_quantizers"]
 
@@ -130,8 +132,7 @@ def sample_quantizers(
     Values are a_i + (a_{i+1} - a_i) * v with v ~ U[0, 1) (``random_values``) or v = 1/2 (midpoints).
     With p = 1, `randomized_quantization` draws exactly these (same generator state, rows in order).
     """
-    if bins < 1:
-        raise ValueError(f"RandomizedQuantization: bins must be >= 1, got {bins}")
+    check_rq_options(bins, "channel", 1.0)
     fractions = _draw_fractions(lo.shape[0], bins, random_bins, random_values, lo.dtype, lo.device, generator)
     return _quantizers_from_fractions(lo, hi, *fractions)
 
@@ -224,12 +225,7 @@ def randomized_quantization(
     if x.dim() not in (3, 4):
         raise ValueError(f"RandomizedQuantization: input must be (B, 1, F, T) or (B, F, T), got shape "
                          f"{tuple(x.shape)}")
-    if per not in ("channel", "instance"):
-        raise ValueError(f"RandomizedQuantization: per must be 'channel' or 'instance', got {per!r}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"RandomizedQuantization: p must be in [0, 1], got {p}")
-    if bins < 1:
-        raise ValueError(f"RandomizedQuantization: bins must be >= 1, got {bins}")
+    check_rq_options(bins, per, p)
 
     batch = x.shape[0]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -298,12 +294,7 @@ class RandomizedQuantization(nn.Module):
     def __init__(self, bins: int = 5, random_bins: bool = True, random_values: bool = True,
                  per: str = "channel", p: float = 1.0):
         super().__init__()
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"RandomizedQuantization: bins must be an integer >= 1, got {bins!r}")
-        if per not in ("channel", "instance"):
-            raise ValueError(f"RandomizedQuantization: per must be 'channel' or 'instance', got {per!r}")
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"RandomizedQuantization: p must be in [0, 1], got {p}")
+        check_rq_options(bins, per, p)
         self.bins = bins
         self.random_bins = bool(random_bins)
         self.random_values = bool(random_values)

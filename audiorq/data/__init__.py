@@ -1,1 +1,2 @@
-"""Datasets: pretraining corpora and downstream evaluation tasks."""
+"""Data, one subpackage per stage: pretraining datasets (pretrain), one-time preparation (prepare), and the
+downstream evaluation tasks (tasks)."""

@@ -1,13 +1,12 @@
 """BYOL learner: projector/predictor MLP heads, EMA target, symmetric 2 - 2·cos loss.
 
-Small composable pieces (an MLP head, a momentum update, a cosine schedule, the loss) and a
+Small composable pieces (an MLP head, a momentum update, the loss) and a
 `BYOLLearner` module that ties them to an encoder such as `AudioNTT2020`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -46,14 +45,6 @@ def momentum_update(online: nn.Module, target: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(target_params, [p.detach() for p in online_params], 1.0 - decay)
     for b_t, b_o in zip(target.buffers(), online.buffers()):
         b_t.copy_(b_o)
-
-
-def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> float:
-    """Cosine ramp from `start` (step 0) to `end` (step >= total_steps), e.g. BYOL's EMA decay 0.99 -> 1."""
-    if total_steps <= 0:
-        return end
-    t = min(max(step, 0), total_steps) / total_steps
-    return end - (end - start) * (math.cos(math.pi * t) + 1.0) / 2.0
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

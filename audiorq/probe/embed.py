@@ -1,4 +1,4 @@
-"""Task checks, log-mel normalization statistics and frozen-encoder embeddings, cached on disk.
+"""Log-mel normalization statistics of a task and frozen-encoder embeddings of its clips, cached on disk.
 
 Cache layout under `cache_dir`:
   norm/<task>-<key16>.json                 log-mel mean/std of a task (depends on task, preset, frontend)
@@ -23,110 +23,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from audiorq.atomic import atomic_torch_save, atomic_write_text
-from audiorq.audio import SAMPLE_RATE, load_audio, pad_or_crop
-from audiorq.config import to_dict
-from audiorq.data.tasks.record import Split, Task
+from audiorq.audio import load_audio, pad_or_crop
+from audiorq.config import SAMPLE_RATE, to_dict
+from audiorq.data.tasks import Split, Task, task_fingerprint
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.probe.encoders import EncoderInfo
 from audiorq.probe.presets import ProbeConfig
+from audiorq.runs import load_weights_only
 
 CACHE_VERSION = 1
-N_SHOWN = 5
 
 
 class ProbeError(ValueError):
     """A task or setting the probe cannot evaluate; the message says which file, class or key, and why."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Task checks and subsets
-
-
-def check_task(task: Task, skip_missing: bool = False) -> Task:
-    """Stop on missing files (count + first paths) unless `skip_missing` (then drop them) and on classes
-    absent from a training set (named). Returns the task, restricted when files were dropped."""
-    missing = sorted({f for f in task.files if not os.path.isfile(f)})
-    if missing:
-        if not skip_missing:
-            shown = "\n  ".join(missing[:N_SHOWN])
-            more = f"\n  ... and {len(missing) - N_SHOWN} more" if len(missing) > N_SHOWN else ""
-            raise ProbeError(
-                f"{task.name}: {len(missing)} of {len(set(task.files))} files are missing:\n  {shown}{more}\n"
-                "(use --skip-missing / skip_missing=True to evaluate without them)"
-            )
-        warnings.warn(f"{task.name}: skipping {len(missing)} missing files, e.g. {missing[:N_SHOWN]}", stacklevel=2)
-        gone = set(missing)
-        task = restrict_task(task, np.array([f not in gone for f in task.files]))
-    for split in task.splits:
-        present = set(task.labels[split.train].tolist())
-        absent = [task.classes[c] for c in range(task.n_classes) if c not in present]
-        if absent:
-            raise ProbeError(
-                f"{task.name}: class(es) {absent} absent from the training set of split {split.name!r}; "
-                "a linear classifier cannot learn them"
-            )
-    return task
-
-
-def restrict_task(task: Task, keep: np.ndarray) -> Task:
-    """The task with only the items where `keep` (N,) bool is True; split indices are renumbered."""
-    keep = np.asarray(keep, dtype=bool)
-    new_index = np.cumsum(keep) - 1
-
-    def remap(idx: np.ndarray | None) -> np.ndarray | None:
-        if idx is None:
-            return None
-        idx = np.asarray(idx)
-        return new_index[idx[keep[idx]]].astype(np.int64)
-
-    splits = tuple(
-        Split(s.name, train=remap(s.train), valid=remap(s.valid), test=remap(s.test)) for s in task.splits
-    )
-    for s in splits:
-        if len(s.train) == 0 or len(s.test) == 0:
-            raise ProbeError(f"{task.name}: split {s.name!r} has an empty train or test set after dropping files")
-    kept = np.flatnonzero(keep)
-    changes = dict(
-        files=tuple(task.files[i] for i in kept), labels=task.labels[kept], splits=splits,
-        info={**task.info, "n_dropped": int((~keep).sum())},
-    )
-    if getattr(task, "spans", None) is not None:
-        changes["spans"] = task.spans[kept]
-    return dataclasses.replace(task, **changes)
-
-
-def subsample_task(task: Task, max_per_class: int, seed: int = 0) -> Task:
-    """A quick-look subset: at most `max_per_class` items per class in each set of the first split.
-
-    For fold tasks (first split train + test = every item) this keeps about `max_per_class` per class per
-    held-out fold on average. Meant for smoke tests and dry runs, not for reported numbers.
-    """
-    rng = np.random.default_rng(seed)
-    first = task.splits[0]
-    keep = np.zeros(len(task.files), dtype=bool)
-    for idx in (first.train, first.valid, first.test):
-        if idx is None:
-            continue
-        for c in range(task.n_classes):
-            members = idx[task.labels[idx] == c]
-            keep[rng.permutation(members)[:max_per_class]] = True
-    return restrict_task(task, keep)
-
-
-def task_fingerprint(task: Task) -> str:
-    """sha256 of what identifies a task's clips: name, variant, unit_sec, files, labels, spans, splits."""
-    h = hashlib.sha256()
-    h.update(f"{task.name}|{task.variant}|{task.unit_sec}|{len(task.files)}|".encode())
-    h.update("\n".join(task.files).encode())
-    h.update(np.ascontiguousarray(task.labels, dtype=np.int64).tobytes())
-    spans = getattr(task, "spans", None)
-    if spans is not None:
-        h.update(np.ascontiguousarray(spans, dtype=np.float64).tobytes())
-    for s in task.splits:
-        h.update(s.name.encode())
-        for idx in (s.train, s.valid, s.test):
-            h.update(b"none" if idx is None else np.ascontiguousarray(idx, dtype=np.int64).tobytes())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,17 +59,11 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> torch.Tensor:
         i = int(self.indices[k])
         path = self.task.files[i]
-        start, duration = _span(self.task, i)
+        start, duration = self.task.span(i)
         wave = load_audio(path, start=start, duration=duration)
         item_seed = zlib.crc32(f"{self.seed}|{self.role}|{path}|{start}".encode())
         generator = torch.Generator().manual_seed(item_seed)
         return pad_or_crop(wave, self.n_samples, self.policy, self.role, generator)
-
-
-def _span(task: Task, i: int) -> tuple[float, float | None]:
-    if getattr(task, "spans", None) is None:
-        return 0.0, None
-    return task.span(i)
 
 
 def _batches(dataset: ClipDataset, batch_size: int, workers: int, device: torch.device):
@@ -177,7 +80,7 @@ def crop_role(policy: str, split: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Normalization statistics (eval-protocol §1.5)
+# Normalization statistics (docs/protocol.md §1.5)
 
 
 def norm_stats_files(task: Task, config: ProbeConfig) -> np.ndarray:
@@ -193,7 +96,7 @@ def norm_stats_files(task: Task, config: ProbeConfig) -> np.ndarray:
 
 
 @torch.no_grad()
-def compute_norm_stats(
+def task_norm_stats(
     task: Task,
     config: ProbeConfig,
     frontend: LogMelSpectrogram,
@@ -239,7 +142,7 @@ def cached_norm_stats(
     workers: int = 0,
     progress: bool = True,
 ) -> tuple[float, float]:
-    """`compute_norm_stats`, read from / written to `cache_dir/norm/` when a cache folder is given."""
+    """`task_norm_stats`, read from / written to `cache_dir/norm/` when a cache folder is given."""
     key = {
         "version": CACHE_VERSION, "task": task_fingerprint(task), "pad_crop": config.pad_crop,
         "norm_files": config.norm_files, "norm_source": config.norm_source, "seed": config.seed,
@@ -253,14 +156,14 @@ def cached_norm_stats(
                 return float(stored["mean"]), float(stored["std"])
         except (ValueError, KeyError, TypeError):
             warnings.warn(f"ignoring unreadable norm-stats cache {path}", stacklevel=2)
-    mean, std = compute_norm_stats(task, config, frontend, device, workers, progress)
+    mean, std = task_norm_stats(task, config, frontend, device, workers, progress)
     if path is not None:
         atomic_write_text(path, json.dumps({"key": key, "mean": mean, "std": std}, indent=1))
     return mean, std
 
 
 # ----------------------------------------------------------------------------------------------
-# Embeddings (eval-protocol §1.6)
+# Embeddings (docs/protocol.md §1.6)
 
 
 @dataclasses.dataclass
@@ -387,7 +290,7 @@ def _read_cache(path: Path, key: dict) -> dict[str, tuple[np.ndarray, torch.Tens
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_weights_only(path)
         if payload.get("key") != key:
             return None
         return {r: (v["indices"].numpy().astype(np.int64), v["embeddings"]) for r, v in payload["roles"].items()}

@@ -5,6 +5,7 @@ Encoder specs (strings, as the CLI takes them):
   path/checkpoint.pt     audiorq checkpoint: dict with "encoder" (state dict) and "config" (incl. "frontend")
   path/encoder.pth       plain AudioNTT2020 state dict (audiorq export or a BYOL-A release); d and n_mels are
                          read from fc.0.weight, shape (d, 64 * n_mels / 8)
+Files are read by audiorq.runs, weights-only: a file holding pickled code is refused, never run.
   random[:d=2048,seed=0,n_mels=64]        randomly initialized AudioNTT2020 (seeded) baseline
   logmel[:stats=mean+std+max,n_mels=64]   time-pooled log-mel statistics baseline (len(stats) * n_mels dims)
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import pickle
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 
 from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict, to_dict
 from audiorq.models.ntt import AudioNTT2020
+from audiorq.runs import RunFileError, read_encoder_file
 
 POOLED_STATS = ("mean", "std", "max", "min")
 
@@ -171,38 +172,12 @@ def _logmel_encoder(opts: dict[str, str], spec: str) -> tuple[nn.Module, Encoder
     return module, info
 
 
-def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # audiorq checkpoints also hold numpy RNG states, which the weights-only unpickler refuses;
-        # the user named this file as a trusted checkpoint.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, OSError, EOFError) as e:
-        raise EncoderError(f"{path}: cannot read as a torch checkpoint ({e})") from None
-
-
 def _file_encoder(path: Path) -> tuple[nn.Module, EncoderInfo]:
-    if path.is_dir():
-        for candidate in ("checkpoint.pt", "encoder.pth"):
-            if (path / candidate).is_file():
-                path = path / candidate
-                break
-        else:
-            raise EncoderError(f"{path}: folder has neither checkpoint.pt nor encoder.pth")
-    if not path.is_file():
-        raise EncoderError(f"{path}: encoder not found (expected a checkpoint file or folder, 'random' or 'logmel')")
-    obj = _torch_load(path)
-    config: dict = {}
-    if isinstance(obj, dict) and isinstance(obj.get("encoder"), dict):
-        kind, state, config = "checkpoint", obj["encoder"], obj.get("config") or {}
-    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        kind, state = "state_dict", obj
-    else:
-        raise EncoderError(f"{path}: neither an audiorq checkpoint (dict with 'encoder') nor a state dict")
-    # DataParallel / DDP checkpoints prefix every name with "module.".
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    try:
+        found = read_encoder_file(path)
+    except RunFileError as e:
+        raise EncoderError(str(e)) from None
+    path, state = found.path, found.state
     d, n_mels = infer_ntt_shape(state, str(path))
     module = AudioNTT2020(n_mels=n_mels, d=d)
     try:
@@ -210,14 +185,14 @@ def _file_encoder(path: Path) -> tuple[nn.Module, EncoderInfo]:
     except RuntimeError as e:
         raise EncoderError(f"{path}: state dict does not fit AudioNTT2020(n_mels={n_mels}, d={d}): {e}") from None
     frontend = FrontendConfig(n_mels=n_mels)
-    if isinstance(config, dict) and config.get("frontend"):
+    if found.config.get("frontend"):
         try:
-            frontend = from_dict(FrontendConfig, config["frontend"], "frontend.")
+            frontend = from_dict(FrontendConfig, found.config["frontend"], "frontend.")
         except ConfigError as e:
             raise EncoderError(f"{path}: bad frontend section in the checkpoint config: {e}") from None
     name = f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
     info = EncoderInfo(
-        name=name, kind=kind, d=d, n_mels=n_mels, frontend=frontend, weights_hash=state_dict_hash(state),
+        name=name, kind=found.kind, d=d, n_mels=n_mels, frontend=frontend, weights_hash=state_dict_hash(state),
         source=str(path),
     )
     return module, info

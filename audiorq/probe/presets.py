@@ -1,14 +1,14 @@
-"""Linear-probe protocol presets `byola` (BYOL-A IJCNN / RQ paper) and `evar` (eval-protocol.md §8)."""
+"""Linear-probe protocol presets `byola` (BYOL-A IJCNN / RQ paper) and `evar` (docs/protocol.md §8)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from audiorq.audio import PAD_CROP_POLICIES
 from audiorq.config import ConfigError, _check_choice, apply_overrides, from_dict, to_dict
+from audiorq.probe.classifier import LOSSES
 
-PAD_CROP_POLICIES = ("byola", "evar")
 NORM_SOURCES = ("train_or_all_folds", "first_split_train")
-LOSSES = ("ce", "ce_over_c")
 
 
 @dataclasses.dataclass
@@ -37,6 +37,7 @@ class ProbeConfig:
     valid_fraction: float = 0.1  # carved from train when a split has no validation set
 
     def validate(self) -> None:
+        """ConfigError naming the key of the first value out of range."""
         _check_choice("probe.pad_crop", self.pad_crop, PAD_CROP_POLICIES)
         _check_choice("probe.norm_source", self.norm_source, NORM_SOURCES)
         _check_choice("probe.loss", self.loss, LOSSES)
@@ -57,6 +58,7 @@ class ProbeConfig:
 
     @property
     def seeds(self) -> list[int]:
+        """The classifier seed of each run."""
         return [self.first_seed + r for r in range(self.runs)]
 
 

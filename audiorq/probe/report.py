@@ -11,7 +11,7 @@ import numpy as np
 
 from audiorq.atomic import append_csv_rows, atomic_write_text
 
-# Table 9 of the RQ paper (linear probe accuracy, %), design.md.
+# Table 9 of the RQ paper (linear probe accuracy, %), docs/architecture.md.
 PAPER_TASKS = ("nsynth", "us8k", "vc1", "voxforge", "spcv2_12", "spcv2")
 TASK_COLUMNS = {"nsynth": "NS", "us8k": "US8K", "vc1": "VC1", "voxforge": "VF", "spcv2_12": "SPCV2/12",
                 "spcv2": "SPCV2"}

@@ -13,9 +13,10 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks import Task, check_task, load_task, subsample_task
+from audiorq.device import resolve_device
 from audiorq.probe.classifier import ClassifierRun, train_linear_classifier
-from audiorq.probe.embed import ProbeError, TaskEmbeddings, check_task, embed_task, subsample_task
+from audiorq.probe.embed import ProbeError, TaskEmbeddings, embed_task
 from audiorq.probe.encoders import EncoderInfo, load_encoder
 from audiorq.probe.presets import ProbeConfig, probe_config
 from audiorq.probe.report import format_table, summarize, write_results
@@ -34,21 +35,17 @@ class ProbeResult:
 
     @property
     def mean(self) -> float:
+        """Mean over runs of the test accuracy (each run averaged over folds)."""
         return self.summary[0]["mean"]
 
     @property
     def std(self) -> float:
+        """Std over runs of the test accuracy (each run averaged over folds)."""
         return self.summary[0]["std"]
 
     def table(self) -> str:
+        """The markdown table of the summary beside the paper's."""
         return format_table(self.summary)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto"/None -> cuda when available, else cpu."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def new_probe_id() -> str:
@@ -78,6 +75,7 @@ def linear_probe(
     cache_dir: embedding cache (default out_dir/cache; None with out_dir None = no cache).
     out_dir: scores.csv gets one row per fold x run appended; table.md is rewritten from it. None: no files.
     max_per_class: evaluate a per-class subset (`subsample_task`), for smoke tests only.
+    device: "cpu", "cuda", "cuda:N", or None / "auto" (CUDA when available); see `audiorq.device.resolve_device`.
     """
     config = probe_config(preset, overrides, runs=runs)
     device = resolve_device(device)
@@ -175,8 +173,6 @@ def probe_tasks(
 ) -> list[ProbeResult]:
     """Load each task `parse_task_data` names with `audiorq.data.tasks.load_task` and `linear_probe` it with
     one loaded encoder; all rows share one probe id."""
-    from audiorq.data.tasks import load_task
-
     device = resolve_device(device)
     loaded = load_encoder(encoder, device, frontend_overrides)
     probe_id = new_probe_id()

@@ -1,8 +1,8 @@
-"""Downstream tasks: one module per dataset, each returning a `Task` record.
+"""Downstream tasks: the `Task` record and its checks (task.py), one module per dataset returning a Task.
 
 `load_task(name, root, **options)` reads a dataset in its official download layout (or a prepared
-copy, see `prepare_task`); `TASKS` maps each name to its loader. Common options: `unit_sec`,
-`check_files` (default True: missing files raise MissingFilesError listing them), `skip_missing`.
+copy, see `audiorq.data.prepare.prepare_task`); `TASKS` maps each name to its loader. Common options:
+`unit_sec`, `check_files` (default True: missing files raise MissingFilesError listing them), `skip_missing`.
 """
 
 from __future__ import annotations
@@ -10,13 +10,24 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from audiorq.data.tasks.assemble import CountMismatchWarning, MissingFilesError, TaskError, find_missing_files
+from audiorq.data.tasks.assemble import CountMismatchWarning, Item, build_task
 from audiorq.data.tasks.csvfile import load_csv
 from audiorq.data.tasks.devsets import esc10, fsdd_digits, fsdd_speakers, shared_data_root
 from audiorq.data.tasks.nsynth import load_nsynth
-from audiorq.data.tasks.prepare import PrepareReport, prepare_task
-from audiorq.data.tasks.record import Split, Task
 from audiorq.data.tasks.spcv2 import load_spcv2, load_spcv2_12
+from audiorq.data.tasks.task import (
+    SPLITS,
+    MissingFilesError,
+    Split,
+    Task,
+    TaskError,
+    check_splits,
+    check_task,
+    find_missing_files,
+    restrict_task,
+    subsample_task,
+    task_fingerprint,
+)
 from audiorq.data.tasks.us8k import load_us8k
 from audiorq.data.tasks.vc1 import load_vc1
 from audiorq.data.tasks.voxforge import load_voxforge
@@ -45,18 +56,31 @@ def load_task(name: str, root: str | os.PathLike, **options) -> Task:
 
 
 __all__ = [
+    "SPLITS",
     "TASKS",
     "CountMismatchWarning",
+    "Item",
     "MissingFilesError",
-    "PrepareReport",
     "Split",
     "Task",
     "TaskError",
+    "build_task",
+    "check_splits",
+    "check_task",
     "esc10",
     "find_missing_files",
     "fsdd_digits",
     "fsdd_speakers",
+    "load_csv",
+    "load_nsynth",
+    "load_spcv2",
+    "load_spcv2_12",
     "load_task",
-    "prepare_task",
+    "load_us8k",
+    "load_vc1",
+    "load_voxforge",
+    "restrict_task",
     "shared_data_root",
+    "subsample_task",
+    "task_fingerprint",
 ]

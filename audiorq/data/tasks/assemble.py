@@ -11,36 +11,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from audiorq.data.tasks.record import Split, Task
+from audiorq.data.tasks.task import N_EXAMPLES_SHOWN, SPLITS, Split, Task, TaskError, check_splits, drop_missing_files
 
-SPLIT_NAMES = ("train", "valid", "test")
 # Spellings of split names found in published metadata (BYOL-A v1 writes "val", TFDS "validation").
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "dev": "valid",
                  "test": "test", "eval": "test", "evaluation": "test"}
-N_EXAMPLES_SHOWN = 5
-
-
-class TaskError(ValueError):
-    """A task's data cannot be used as given (bad layout, bad metadata, a class absent from train, ...)."""
-
-
-class MissingFilesError(TaskError):
-    """Files listed by a task's metadata are not on disk; `.missing` holds their absolute paths."""
-
-    def __init__(self, task_name: str, missing: Sequence[str], n_total: int):
-        self.task_name = task_name
-        self.missing = list(missing)
-        self.n_total = n_total
-        shown = "\n  ".join(self.missing[:N_EXAMPLES_SHOWN])
-        more = f"\n  ... and {len(self.missing) - N_EXAMPLES_SHOWN} more" if len(self.missing) > N_EXAMPLES_SHOWN else ""
-        super().__init__(
-            f"{task_name}: {len(self.missing)} of {n_total} listed files are missing, e.g.\n  {shown}{more}\n"
-            "(pass skip_missing=True / --skip-missing to drop them and go on)"
-        )
 
 
 class CountMismatchWarning(UserWarning):
-    """A task's counts differ from the official sanity counts (eval-protocol.md §10), e.g. a subset."""
+    """A task's counts differ from the official sanity counts (docs/protocol.md §10), e.g. a subset."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,28 +50,6 @@ def class_order(labels: Iterable[str]) -> tuple[str, ...]:
         return tuple(sorted(distinct, key=lambda s: (int(s), s)))
     except ValueError:
         return tuple(sorted(distinct))
-
-
-def find_missing_files(paths: Iterable[str]) -> list[str]:
-    """The paths that are not existing files, in input order.
-
-    Lists each parent folder once instead of stat-ing every file, which is much faster on network
-    file systems for datasets of 100k+ files.
-    """
-    paths = list(paths)
-    by_dir: dict[str, set[str] | None] = {}
-    missing = []
-    for p in paths:
-        parent, name = os.path.split(p)
-        if parent not in by_dir:
-            try:
-                by_dir[parent] = {e.name for e in os.scandir(parent) if not e.is_dir()}
-            except (FileNotFoundError, NotADirectoryError):
-                by_dir[parent] = None
-        present = by_dir[parent]
-        if present is None or name not in present:
-            missing.append(p)
-    return missing
 
 
 def check_counts(task_name: str, counts: dict, expected: dict | None) -> list[str]:
@@ -152,13 +109,8 @@ def build_task(
     info["n_listed"] = len(files)
     missing: list[str] = []
     if check_files:
-        missing = find_missing_files(dict.fromkeys(files))  # windows of one file share a path
-        if missing and not skip_missing:
-            raise MissingFilesError(name, missing, len(set(files)))
+        missing = drop_missing_files(name, files, skip_missing)
         if missing:
-            warnings.warn(
-                f"{name}: skipping {len(missing)} missing files, e.g. {missing[:N_EXAMPLES_SHOWN]}", stacklevel=3
-            )
             gone = set(missing)
             kept = [i for i, f in enumerate(files) if f not in gone]
             items = [items[i] for i in kept]
@@ -179,9 +131,10 @@ def build_task(
     labels = np.fromiter((index[it.label] for it in items), dtype=np.int64, count=len(items))
 
     if mode == "official":
-        splits, counts = _official_split(name, items, labels, classes)
+        splits, counts = _official_split(name, items, labels)
     else:
-        splits, counts = _fold_splits(name, items, labels, classes)
+        splits, counts = _fold_splits(name, items)
+    check_splits(name, classes, labels, splits)
     counts["total"] = len(items)
     counts["classes"] = len(classes)
     info["counts"] = counts
@@ -216,28 +169,20 @@ def _absolute_paths(paths: Iterable[str], root: Path) -> list[str]:
     return out
 
 
-def _official_split(name: str, items: Sequence[Item], labels: np.ndarray, classes: tuple[str, ...]):
+def _official_split(name: str, items: Sequence[Item], labels: np.ndarray):
     where = np.array([it.split for it in items])
-    bad = sorted(set(where.tolist()) - set(SPLIT_NAMES))
+    bad = sorted(set(where.tolist()) - set(SPLITS))
     if bad:
         raise TaskError(f"{name}: items with split {bad} (expected train, valid, test)")
-    idx = {s: np.flatnonzero(where == s).astype(np.int64) for s in SPLIT_NAMES}
-    for s in ("train", "test"):
-        if len(idx[s]) == 0:
-            raise TaskError(f"{name}: the {s} split is empty")
-    in_train = set(labels[idx["train"]].tolist())
-    for s in ("valid", "test"):
-        absent = sorted({classes[c] for c in labels[idx[s]].tolist()} - {classes[c] for c in in_train})
-        if absent:
-            raise TaskError(f"{name}: classes {absent} occur in {s} but not in train; a classifier cannot learn them")
-    per_split_classes = {s: len(set(labels[idx[s]].tolist())) for s in SPLIT_NAMES}
-    counts = {s: len(idx[s]) for s in SPLIT_NAMES}
+    idx = {s: np.flatnonzero(where == s).astype(np.int64) for s in SPLITS}
+    per_split_classes = {s: len(set(labels[idx[s]].tolist())) for s in SPLITS}
+    counts = {s: len(idx[s]) for s in SPLITS}
     counts["classes_per_split"] = per_split_classes
     split = Split("official", train=idx["train"], valid=idx["valid"] if len(idx["valid"]) else None, test=idx["test"])
     return [split], counts
 
 
-def _fold_splits(name: str, items: Sequence[Item], labels: np.ndarray, classes: tuple[str, ...]):
+def _fold_splits(name: str, items: Sequence[Item]):
     folds = np.array([str(it.fold) for it in items])
     if any(f == "" for f in folds.tolist()):
         raise TaskError(f"{name}: some items have no fold")
@@ -249,12 +194,6 @@ def _fold_splits(name: str, items: Sequence[Item], labels: np.ndarray, classes: 
     for f in fold_names:
         test = np.flatnonzero(folds == f).astype(np.int64)
         train = np.flatnonzero(folds != f).astype(np.int64)
-        absent = sorted({classes[c] for c in labels[test].tolist()} - {classes[c] for c in labels[train].tolist()})
-        if absent:
-            raise TaskError(
-                f"{name}: classes {absent} occur only in fold {f}, so they are absent from train when fold {f} is "
-                "held out"
-            )
         label = f if f.startswith("fold") else f"fold{f}"
         splits.append(Split(label, train=train, valid=None, test=test))
         sizes[label] = len(test)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audiorq.data.tasks.assemble import Item, TaskError, build_task, normalize_split
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks.assemble import Item, build_task, normalize_split
+from audiorq.data.tasks.task import Task, TaskError
 
 PATH_COLUMNS = ("path", "file_name")  # file_name: EVAR's metadata spelling
 

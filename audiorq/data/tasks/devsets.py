@@ -10,8 +10,8 @@ import os
 import re
 from pathlib import Path
 
-from audiorq.data.tasks.assemble import Item, TaskError, build_task
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks.assemble import Item, build_task
+from audiorq.data.tasks.task import Task, TaskError
 
 SHARED_DATA_ENV = "AUDIORQ_SHARED_DATA"
 FSDD_UNIT_SEC = 1.0

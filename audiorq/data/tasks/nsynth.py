@@ -1,4 +1,4 @@
-"""NSynth (NS): 11 instrument families, official train/valid/test (eval-protocol.md §2)."""
+"""NSynth (NS): 11 instrument families, official train/valid/test (docs/protocol.md §2)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from audiorq.data.tasks.assemble import Item, TaskError, build_task
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks.assemble import Item, build_task
+from audiorq.data.tasks.task import Task, TaskError
 
 UNIT_SEC = 4.0
 SPLIT_FOLDERS = {"train": "nsynth-train", "valid": "nsynth-valid", "test": "nsynth-test"}

@@ -1,12 +1,12 @@
-"""Speech Commands V2: 35 words (SPCV2, eval-protocol.md §6) and the 12-class task (SPCV2/12, §7)."""
+"""Speech Commands V2: 35 words (SPCV2, docs/protocol.md §6) and the 12-class task (SPCV2/12, §7)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from audiorq.data.tasks.assemble import Item, TaskError, build_task, check_counts
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks.assemble import Item, build_task, check_counts
+from audiorq.data.tasks.task import Task, TaskError
 
 UNIT_SEC = 1.0
 VALID_LIST = "validation_list.txt"

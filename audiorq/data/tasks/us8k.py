@@ -1,4 +1,4 @@
-"""UrbanSound8K (US8K): 10 classes, official 10-fold leave-one-fold-out CV (eval-protocol.md §3)."""
+"""UrbanSound8K (US8K): 10 classes, official 10-fold leave-one-fold-out CV (docs/protocol.md §3)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import csv
 import os
 from pathlib import Path
 
-from audiorq.data.tasks.assemble import Item, TaskError, build_task
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks.assemble import Item, build_task
+from audiorq.data.tasks.task import Task, TaskError
 
 UNIT_SEC = 4.0
 METADATA = "metadata/UrbanSound8K.csv"

@@ -1,12 +1,12 @@
-"""VoxCeleb1 (VC1): 1,251-speaker identification, official iden_split.txt (eval-protocol.md §4)."""
+"""VoxCeleb1 (VC1): 1,251-speaker identification, official iden_split.txt (docs/protocol.md §4)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from audiorq.data.tasks.assemble import Item, TaskError, build_task
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks.assemble import Item, build_task
+from audiorq.data.tasks.task import Task, TaskError
 
 UNIT_SEC = 8.2
 SPLIT_FILE = "iden_split.txt"

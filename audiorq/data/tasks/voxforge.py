@@ -1,13 +1,13 @@
-"""VoxForge (VF): 6-language identification, split by EVAR's metadata CSV (eval-protocol.md §5)."""
+"""VoxForge (VF): 6-language identification, split by EVAR's metadata CSV (docs/protocol.md §5)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from audiorq.data.tasks.assemble import TaskError, build_task
+from audiorq.data.tasks.assemble import build_task
 from audiorq.data.tasks.csvfile import read_metadata_csv
-from audiorq.data.tasks.record import Task
+from audiorq.data.tasks.task import Task, TaskError
 
 UNIT_SEC = 5.8
 METADATA_CANDIDATES = ("voxforge.csv", "metadata/voxforge.csv")

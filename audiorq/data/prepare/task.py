@@ -1,4 +1,4 @@
-"""Convert a raw task download to 16 kHz mono WAV with the same relative layout, plus a metadata CSV.
+"""`prepare_task`: a raw task download as 16 kHz mono WAV with the same relative layout, plus a metadata CSV.
 
 Resumable (outputs that exist and read as 16 kHz mono are kept), atomic per file, parallel. The
 task's own metadata files (examples.json, list files, ...) are copied too, so the task reader works on
@@ -12,18 +12,20 @@ import io
 import os
 import shutil
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from audiorq.atomic import atomic_write, atomic_write_text
-from audiorq.data.tasks.assemble import TaskError
-from audiorq.data.tasks.record import Task
+from audiorq.audio import AudioError, audio_info
+from audiorq.config import SAMPLE_RATE
+from audiorq.data.prepare.runner import check_destination, default_workers, progress_bar, run_jobs
+from audiorq.data.prepare.wav import convert_file
+from audiorq.data.tasks import TASKS, Task, TaskError, load_task
 
-OUTPUT_SAMPLE_RATE = 16000
 # Every wav of a Speech Commands download is converted (not only the task's items), so that both
 # spcv2 and spcv2_12 (which cuts _silence_ from _background_noise_) can be read from one prepared copy.
 CONVERT_ALL_WAVS = ("spcv2", "spcv2_12")
+MAX_BATCH_FILES = 64  # files per job at most; fewer for small tasks, so every worker gets several jobs
 
 
 @dataclass
@@ -77,8 +79,6 @@ def prepare_task(
     absent in `src` are reported, not fatal; files that fail to decode are reported by path and left out
     of `<dst>/<name>.csv` and listed in `<dst>/<name>-failed.txt`. workers: processes (default: CPUs).
     """
-    from audiorq.data.tasks import TASKS, load_task  # the registry imports this module
-
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     src = Path(src).expanduser().resolve()
@@ -91,8 +91,7 @@ def prepare_task(
         warnings.simplefilter("ignore", UserWarning)
         task = load_task(name, src, check_files=True, skip_missing=True, **options)
     base = src.parent if name == "csv" else Path(task.info["root"])
-    if dst == base or base in dst.parents:
-        raise TaskError(f"prepare {name}: the output folder {dst} must not be inside the source folder {base}")
+    check_destination(base, dst)
 
     sources = list(dict.fromkeys(task.files))
     if name in CONVERT_ALL_WAVS:
@@ -102,15 +101,15 @@ def prepare_task(
 
     report = PrepareReport(task=name, src=str(src), dst=str(dst), n_files=len(sources),
                            missing=list(task.info.get("missing", [])))
-    jobs = []
+    todo = []
     for s in sources:
         if _is_complete(outputs[s]):
             report.skipped += 1
         else:
-            jobs.append((s, str(outputs[s])))
-    failed = dict(_run_jobs(jobs, workers, progress, name))
+            todo.append((s, str(outputs[s])))
+    failed = _convert_all(todo, workers, progress, name)
     report.failed = sorted(failed.items())
-    report.converted = len(jobs) - len(failed)
+    report.converted = len(todo) - len(failed)
 
     if name != "csv":
         for meta in task.info.get("metadata_files", []):
@@ -127,56 +126,38 @@ def prepare_task(
     return report
 
 
-def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Read any soundfile-readable audio, mix to mono, resample to 16 kHz, write 16-bit WAV atomically."""
-    from audiorq.audio import load_audio, save_audio
+def _convert_batch(pairs: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
+    """Convert each (source, output) pair; returns the number of pairs and (source, reason) of each failure."""
+    failed = []
+    for src, dst in pairs:
+        try:
+            convert_file(src, dst)
+        except (ValueError, OSError, RuntimeError) as e:  # AudioError is a ValueError
+            failed.append((src, str(e)))
+    return len(pairs), failed
 
-    save_audio(dst, load_audio(src, OUTPUT_SAMPLE_RATE), OUTPUT_SAMPLE_RATE)
 
+def _convert_all(todo: list[tuple[str, str]], workers: int | None, progress: bool, name: str) -> dict[str, str]:
+    """Convert every (source, output) pair with the job runner; {source: reason} of the failures."""
+    workers = default_workers() if not workers else max(1, int(workers))
+    if len(todo) < 2:
+        workers = 1
+    batch = 1 if workers == 1 else max(1, min(MAX_BATCH_FILES, len(todo) // (workers * 8)))
+    failed: dict[str, str] = {}
+    bar = progress_bar(len(todo), 0, f"prepare {name}", "file", progress and bool(todo))
 
-def _convert_job(job: tuple[str, str]) -> tuple[str, str | None]:
-    src, dst = job
+    def on_result(result: tuple[int, list[tuple[str, str]]]) -> None:
+        size, failures = result
+        failed.update(failures)
+        bar.update(size)
+
+    jobs = ((_convert_batch, (todo[i : i + batch],)) for i in range(0, len(todo), batch))
     try:
-        convert_file(src, dst)
-    except (ValueError, OSError, RuntimeError) as e:  # AudioError is a ValueError
-        return src, str(e)
-    return src, None
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core already
-
-
-def _run_jobs(jobs: list[tuple[str, str]], workers: int | None, progress: bool, name: str):
-    from tqdm import tqdm
-
-    workers = max(1, workers or os.cpu_count() or 1)
-    bar = tqdm(total=len(jobs), desc=f"prepare {name}", unit="file", disable=not progress or not jobs)
-    try:
-        if workers == 1 or len(jobs) < 2:
-            import torch
-
-            # Intra-op threads only add synchronisation cost on one short clip (measured 4x slower).
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                for src, error in map(_convert_job, jobs):
-                    bar.update()
-                    if error is not None:
-                        yield src, error
-            finally:
-                torch.set_num_threads(threads)
-            return
-        chunk = max(1, min(64, len(jobs) // (workers * 8)))
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-            for src, error in pool.map(_convert_job, jobs, chunksize=chunk):
-                bar.update()
-                if error is not None:
-                    yield src, error
+        # Inline, intra-op threads only add synchronisation cost on one short clip (measured 4x slower).
+        run_jobs(jobs, workers, on_result, inline_threads=1)
     finally:
         bar.close()
+    return failed
 
 
 def _output_path(path: str | os.PathLike, base: Path, dst: Path, keep_suffix: bool = False) -> Path:
@@ -200,15 +181,13 @@ def _check_collisions(outputs: dict[str, Path]) -> None:
 
 def _is_complete(path: Path) -> bool:
     # Outputs are renamed into place only when fully written, so a readable 16 kHz mono header means done.
-    from audiorq.audio import AudioError, audio_info
-
     if not path.is_file():
         return False
     try:
         info = audio_info(path)
     except AudioError:
         return False
-    return info.sample_rate == OUTPUT_SAMPLE_RATE and info.channels == 1 and info.frames > 0
+    return info.sample_rate == SAMPLE_RATE and info.channels == 1 and info.frames > 0
 
 
 def _copy_file(src: Path, dst: Path) -> None:

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from audiorq.atomic import atomic_write_text
-from audiorq.audio import SAMPLE_RATE, AudioError, audio_info, load_audio, pad_or_crop
+from audiorq.audio import AudioError, audio_info, load_audio, pad_or_crop
+from audiorq.config import SAMPLE_RATE
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 SCAN_CACHE_VERSION = 1
@@ -73,6 +74,7 @@ class EpochCropDataset(Dataset):
 
     @property
     def epoch(self) -> int:
+        """The epoch whose crops items give now."""
         return int(self._epoch[0])
 
     def crop_offset(self, index: int, max_offset: int) -> int:
@@ -113,6 +115,7 @@ class AudioScan:
     n_probed: int  # headers read in this call
 
     def absolute(self, entry: ScanEntry) -> Path:
+        """Absolute path of a scanned entry."""
         return Path(entry.path) if os.path.isabs(entry.path) else self.root / entry.path
 
 
@@ -123,6 +126,7 @@ def default_cache_dir() -> Path:
 
 
 def is_audio_file(name: str) -> bool:
+    """Whether a file name is one the scan takes: an audio extension, not hidden."""
     # Hidden names are skipped too: atomic writes leave ".name.xxx.tmp" files while in progress.
     return not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS)
 

@@ -1,6 +1,7 @@
-"""Precomputed float16 log-mel shards (memory-mapped) and the dataset of random fixed-length crops from them.
+"""The float16 log-mel shard format: its writer (used by `audiorq.data.prepare.prepare_logmel`) and its
+reader, `LogMelShards`, the dataset of random fixed-length crops from memory-mapped shards.
 
-Folder layout written by `audiorq.data.convert.prepare_logmel`:
+Folder layout:
 
     meta.json             written last: format, frontend config, shard names, stats, bad files
     index.npz             per clip, in paths.txt order: shard (int32), offset (int64), n_frames (int64)
@@ -15,15 +16,18 @@ Frames are the leading axis so that a crop is one contiguous read of crop_frames
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from audiorq.data.audio_folder import EpochCropDataset, StringTable
+from audiorq.atomic import atomic_write, atomic_write_text
+from audiorq.data.pretrain.audio_folder import EpochCropDataset, StringTable
 from audiorq.frontend import EPS
 
 FORMAT_NAME = "audiorq-logmel-shards"
@@ -37,9 +41,11 @@ SHARD_DIR = "shards"
 SILENCE_LOG_MEL = float(np.log(np.float32(EPS)))
 # Each open memory map holds a file descriptor; beyond this many the least recently used is closed.
 MAX_OPEN_SHARDS = 256
+NPY_HEADER_BYTES = 128  # fixed .npy header size, so the shape can be filled in after streaming the data
 
 
 def shard_name(shard_id: int) -> str:
+    """File stem of shard `shard_id`: shard-NNNNN."""
     return f"shard-{shard_id:05d}"
 
 
@@ -50,6 +56,132 @@ def npy_frames(path: Path) -> int:
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, _, _ = read_header(f)
     return int(shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def npy_header(shape: tuple[int, ...], descr: str = "<f2") -> bytes:
+    """A version 1.0 .npy header of exactly NPY_HEADER_BYTES bytes for a C-order array."""
+    text = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (descr, tuple(int(n) for n in shape))
+    pad = NPY_HEADER_BYTES - 10 - len(text) - 1
+    if pad < 0:
+        raise ValueError(f"shape {shape} does not fit a {NPY_HEADER_BYTES}-byte .npy header")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", NPY_HEADER_BYTES - 10) + (text + " " * pad + "\n").encode("latin1")
+
+
+def merge_moments(parts: Iterable[tuple[int, float, float]]) -> tuple[int, float, float]:
+    """Merge partial (count, mean, M2) moments (Chan et al.'s parallel update) into one (count, mean, M2)."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for nb, mb, m2b in parts:
+        if nb == 0:
+            continue
+        delta = mb - mean
+        total = n + nb
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n = total
+    return n, mean, m2
+
+
+def merge_stats(parts: Iterable[tuple[int, float, float]]) -> tuple[int, float, float]:
+    """Merge partial (count, mean, M2) moments; returns (count, mean, std) with the population std."""
+    n, mean, m2 = merge_moments(parts)
+    return n, mean, math.sqrt(m2 / n) if n else 0.0
+
+
+def remove_partial_shards(shard_dir: Path) -> None:
+    """Delete the temporary files of shards a killed run was writing (one run per destination at a time)."""
+    for leftover in Path(shard_dir).glob(".shard-*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def write_shard(shard_dir: str | os.PathLike, shard_id: int, n_mels: int,
+                clips: Iterable[tuple[str, np.ndarray | str]]) -> dict:
+    """Write shard `shard_id` (.npy, then its .json index) from `clips` and return the index.
+
+    `clips` yields (path, log-mel (frames, n_mels) float16) or (path, reason) for a clip that is bad. It is
+    consumed while the (temporary) file is written, so only one clip is in memory at a time; the header with
+    the final shape is written last.
+    """
+    n_frames, kept, bad, parts = [], [], [], []
+
+    def write(f) -> None:
+        f.write(b"\0" * NPY_HEADER_BYTES)
+        for rel, lm in clips:
+            if isinstance(lm, str):
+                bad.append([rel, lm])
+                continue
+            f.write(np.ascontiguousarray(lm).tobytes())
+            n_frames.append(int(lm.shape[0]))
+            kept.append(rel)
+            # Statistics of the stored (float16) values, as (count, mean, M2) for an exact merge.
+            values = lm.astype(np.float64)
+            mean = float(values.mean())
+            parts.append((values.size, mean, float(np.square(values - mean).sum())))
+        f.seek(0)
+        f.write(npy_header((sum(n_frames), n_mels)))
+        f.seek(0, os.SEEK_END)
+
+    name = shard_name(shard_id)
+    atomic_write(Path(shard_dir) / f"{name}.npy", write)
+    count, mean, m2 = merge_moments(parts)
+    index = {"shard": shard_id, "paths": kept, "n_frames": n_frames, "bad": bad, "frames": sum(n_frames),
+             "count": count, "mean": mean, "m2": m2}
+    atomic_write_text(Path(shard_dir) / f"{name}.json", json.dumps(index))
+    return index
+
+
+def finished_shard(shard_dir: Path, shard_id: int) -> dict | None:
+    """The shard's index if both its files are complete and agree, else None (it is then rebuilt)."""
+    name = shard_name(shard_id)
+    try:
+        index = json.loads((shard_dir / f"{name}.json").read_text())
+        if index["shard"] == shard_id and npy_frames(shard_dir / f"{name}.npy") == index["frames"]:
+            return index
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def write_meta(dst: Path, root: Path, indexes: list[dict], config: dict, bad: list[tuple[str, str]],
+               shard_size_frames: int) -> tuple[float, float]:
+    """Write index.npz, paths.txt and, last, meta.json from the shard indexes (in shard order); (mean, std)."""
+    shard_col, offset_col, frames_col, paths = [], [], [], []
+    for shard_id, index in enumerate(indexes):
+        offset = 0
+        for rel, n in zip(index["paths"], index["n_frames"]):
+            shard_col.append(shard_id)
+            offset_col.append(offset)
+            frames_col.append(n)
+            paths.append(rel)
+            offset += n
+    count, mean, std = merge_stats((index["count"], index["mean"], index["m2"]) for index in indexes)
+    if count == 0:
+        raise ValueError(f"no usable audio in {root}: all {len(bad)} files are bad")
+
+    def write_index(f) -> None:
+        np.savez(f, shard=np.asarray(shard_col, np.int32), offset=np.asarray(offset_col, np.int64),
+                 n_frames=np.asarray(frames_col, np.int64))
+
+    atomic_write(dst / INDEX_FILE, write_index)
+    atomic_write_text(dst / PATHS_FILE, "".join(p + "\n" for p in paths))
+    meta = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "source": str(root), "frontend": config,
+        "n_mels": int(config["n_mels"]), "dtype": "float16", "shard_size_frames": int(shard_size_frames),
+        "shards": [shard_name(i) for i in range(len(indexes))],
+        "shard_frames": [int(index["frames"]) for index in indexes],
+        "n_clips": len(paths), "n_frames": int(sum(frames_col)),
+        "stats": {"mean": mean, "std": std, "count": count, "over": "all stored frames and mel bins (float16)"},
+        "n_bad": len(bad), "bad": [list(b) for b in bad],
+    }
+    atomic_write_text(dst / META_FILE, json.dumps(meta, indent=1))
+    return mean, std
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
 
 
 class LogMelShards(EpochCropDataset):

@@ -1,4 +1,4 @@
-"""Dataset normalization statistics: scalar mean/std of the log-mel over a random sample of items."""
+"""Pretraining dataset normalization statistics: scalar mean/std of the log-mel over a random sample of items."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from audiorq.data.collate import collate_skipping
+from audiorq.data.pretrain.sampler import collate_skipping
 
 
 def compute_norm_stats(

@@ -1,0 +1,24 @@
+"""Pretraining data: audio folders (audio_folder.py) and log-mel shards (logmel_shards.py, the format's reader
+and writer) as datasets of random crops, the resumable sampler and collate (sampler.py), dataset statistics."""
+
+from audiorq.data.pretrain.audio_folder import (
+    AUDIO_EXTENSIONS,
+    AudioFolder,
+    AudioScan,
+    EpochCropDataset,
+    ScanEntry,
+    StringTable,
+    crop_offset,
+    default_cache_dir,
+    list_audio_files,
+    scan_audio,
+)
+from audiorq.data.pretrain.logmel_shards import SILENCE_LOG_MEL, LogMelShards
+from audiorq.data.pretrain.sampler import ResumableSampler, collate_skipping
+from audiorq.data.pretrain.stats import compute_norm_stats
+
+__all__ = [
+    "AUDIO_EXTENSIONS", "SILENCE_LOG_MEL", "AudioFolder", "AudioScan", "EpochCropDataset", "LogMelShards",
+    "ResumableSampler", "ScanEntry", "StringTable", "collate_skipping", "compute_norm_stats", "crop_offset",
+    "default_cache_dir", "list_audio_files", "scan_audio",
+]

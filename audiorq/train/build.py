@@ -1,0 +1,231 @@
+"""Everything a pretraining run builds from its config before the first step: model, optimizer, views, data.
+
+`build_training(cfg)` joins the process group, resolves a resume, builds the learner, the optimizer, the
+on-device view pipeline (`ViewMaker`) and the data, restores a checkpoint, and returns them as one
+`TrainingParts` record, the input of `audiorq.train.loop.train_step` and of the benchmarks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from audiorq.augment import AugmentationChain, NormalizeBatch, PrecomputedNorm, build_augmentation
+from audiorq.config import ConfigError, OptimConfig, PretrainConfig
+from audiorq.data.pretrain import AudioFolder, LogMelShards, ResumableSampler, compute_norm_stats
+from audiorq.device import autocast_dtype
+from audiorq.frontend import LogMelSpectrogram
+from audiorq.models.byol import BYOLLearner
+from audiorq.models.ntt import AudioNTT2020
+from audiorq.runs import Checkpoint, RunFolder, load_checkpoint
+from audiorq.train import schedules
+from audiorq.train.distributed import DistContext, barrier, broadcast_floats, init_distributed
+from audiorq.train.state import Progress, check_resumable, restore_checkpoint, resume_source
+
+log = logging.getLogger(__name__)
+
+DATASET_KINDS = ("wave", "logmel")
+
+
+class ViewMaker(nn.Module):
+    """A batch -> two augmented views: log-mel (waves only), pre-norm, the augment chain, post-norm.
+
+    Input: waveforms (B, S) (`kind` "wave") or log-mel (B, 1, F, T) ("logmel") on the module's device;
+    output: two normalized views (B, 1, F, T), channels-last when asked (CUDA convolutions).
+    """
+
+    def __init__(self, frontend: LogMelSpectrogram, pre_norm: nn.Module, augment: AugmentationChain, kind: str,
+                 channels_last: bool = False):
+        super().__init__()
+        self.frontend, self.pre_norm, self.augment = frontend, pre_norm, augment
+        self.post_norm = NormalizeBatch()
+        self.kind, self.channels_last = kind, channels_last
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) or (B, 1, F, T) -> two views (B, 1, F, T), drawing from `generator`."""
+        lms = self.frontend(batch) if self.kind == "wave" else batch.float()
+        lms = self.pre_norm(lms)
+        views = []
+        for _ in range(2):
+            v = self.post_norm(self.augment(lms, generator=generator))
+            if self.channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            views.append(v)
+        return views[0], views[1]
+
+
+@dataclasses.dataclass
+class TrainingParts:
+    """What a run trains with; `cfg` is the run's own resolved copy (normalization statistics filled in)."""
+
+    cfg: PretrainConfig
+    run: RunFolder
+    ctx: DistContext
+    device: torch.device
+    owns_process_group: bool
+    amp_dtype: torch.dtype | None  # None: fp32, no autocast
+    learner: BYOLLearner
+    model: nn.Module  # the learner, wrapped in DDP and/or torch.compile when asked
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    views: ViewMaker
+    aug_generator: torch.Generator
+    dataset: Dataset
+    sampler: ResumableSampler
+    local_batch: int
+    steps_per_epoch: int
+    schedule_steps: int  # schedules span all epochs; max_steps only stops early
+    total_steps: int  # where this run stops
+    norm_stats: list[float]
+    progress: Progress  # zeros, or where the resumed checkpoint left off
+    resumed_from: Path | None
+
+    def learning_rate(self, step: int) -> float:
+        """Learning rate of optimizer step `step`."""
+        o = self.cfg.optim
+        return schedules.learning_rate(step, o.lr, self.schedule_steps, int(o.warmup_epochs * self.steps_per_epoch),
+                                       o.schedule)
+
+    def ema_decay(self, step: int) -> float:
+        """EMA decay of the target after optimizer step `step`."""
+        m = self.cfg.model
+        return schedules.ema_decay(step, m.ema_decay, self.schedule_steps, m.ema_schedule)
+
+
+def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer `cfg.name` names, at the base learning rate (the loop sets each step's)."""
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build_dataset(cfg: PretrainConfig) -> Dataset:
+    """The pretraining dataset `cfg.data` names: AudioFolder (wave) or LogMelShards (logmel)."""
+    if not cfg.data.source:
+        raise ConfigError("data.source is not set: pass data.source=PATH (audio folder, file list or shard root)")
+    if not Path(cfg.data.source).exists():
+        raise ConfigError(f"data.source {cfg.data.source} does not exist")
+    if cfg.data.kind == "wave":
+        return AudioFolder(cfg.data.source, crop_sec=cfg.data.crop_sec, sample_rate=cfg.frontend.sample_rate,
+                           seed=cfg.seed, cache_dir=cfg.data.cache_dir)
+    shards = LogMelShards(cfg.data.source, crop_frames=cfg.data.crop_frames, seed=cfg.seed)
+    prepared_with = getattr(shards, "frontend_config", None) or {}
+    mismatched = {k: (v, getattr(cfg.frontend, k)) for k, v in prepared_with.items()
+                  if hasattr(cfg.frontend, k) and v != getattr(cfg.frontend, k)}
+    if mismatched:
+        raise ConfigError(f"log-mel shards in {cfg.data.source} were prepared with a different frontend "
+                          f"(key: shards vs recipe): {mismatched}")
+    return shards
+
+
+def dataset_norm_stats(cfg: PretrainConfig, dataset: Dataset, frontend: nn.Module, device: torch.device,
+                       ctx: DistContext) -> list[float]:
+    """[mean, std] of the dataset's log-mel: from the config, the shards, or computed (rank 0, broadcast)."""
+    if cfg.data.norm_stats is not None:
+        return [float(v) for v in cfg.data.norm_stats]
+    stats = getattr(dataset, "stats", None)
+    if stats is not None:
+        return [float(stats[0]), float(stats[1])]
+    values = [0.0, 0.0]
+    if ctx.is_main:
+        n_items = min(cfg.data.stats_items, len(dataset))
+        log.info("computing log-mel normalization statistics on %d items", n_items)
+        mean, std = compute_norm_stats(dataset, frontend, n_items=n_items, batch_size=max(2, cfg.batch_size // ctx.world_size),
+                                       device=device, seed=cfg.seed, num_workers=cfg.data.num_workers)
+        values = [float(mean), float(std)]
+    return broadcast_floats(ctx, device, values)
+
+
+def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> TrainingParts:
+    """Build (or restore) everything a run needs; joins the process group under torchrun.
+
+    `dataset` replaces the one `cfg.data` describes (items are tensors or None, `set_epoch(epoch)`,
+    `kind` "wave" or "logmel"). `cfg` itself is not changed: the parts hold a resolved copy.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.validate()
+    run = RunFolder(cfg.out_dir)
+    ctx, device, owns_group = init_distributed(cfg.device)
+    if cfg.batch_size % ctx.world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the world size {ctx.world_size}")
+    local_batch = cfg.batch_size // ctx.world_size
+    if local_batch < 2:
+        raise ConfigError(f"batch_size {cfg.batch_size} leaves fewer than 2 items per rank (BatchNorm needs 2)")
+
+    source = resume_source(cfg, run)
+    barrier(ctx)  # every rank has looked at out_dir before rank 0 writes into it
+    ckpt: Checkpoint | None = load_checkpoint(source) if source is not None else None
+    if ckpt is not None:
+        if cfg.data.norm_stats is None:
+            cfg.data.norm_stats = list(ckpt["norm_stats"])
+        check_resumable(ckpt, cfg, source)
+
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Same initial weights on every rank (DDP also broadcasts rank 0's), different dropout streams.
+    torch.manual_seed(cfg.seed)
+    encoder = AudioNTT2020(n_mels=cfg.frontend.n_mels, d=cfg.model.d, dropout=cfg.model.dropout)
+    learner = BYOLLearner(encoder, cfg.model.d, cfg.model.hidden_dim, cfg.model.proj_dim)
+    if cfg.model.sync_bn and ctx.distributed:
+        learner = nn.SyncBatchNorm.convert_sync_batchnorm(learner)
+    learner.to(device)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        learner.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+
+    optimizer = build_optimizer(cfg.optim, [p for p in learner.parameters() if p.requires_grad])
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+
+    frontend = LogMelSpectrogram.from_config(cfg.frontend).to(device)
+    augment = build_augmentation(cfg.augment).to(device)
+    aug_generator = torch.Generator(device=device)
+    aug_generator.manual_seed(cfg.seed * 1_000_003 + 104729 * (ctx.rank + 1))
+
+    dataset = dataset if dataset is not None else build_dataset(cfg)
+    kind = getattr(dataset, "kind", cfg.data.kind)
+    if kind not in DATASET_KINDS:
+        raise ConfigError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
+    sampler = ResumableSampler(len(dataset), local_batch, ctx.rank, ctx.world_size, cfg.seed)
+    if sampler.batches_per_epoch < 1:
+        raise ConfigError(f"the dataset has {len(dataset)} items, fewer than one batch of {local_batch} per rank "
+                          f"x {ctx.world_size} ranks")
+    steps_per_epoch = sampler.batches_per_epoch
+    schedule_steps = steps_per_epoch * cfg.epochs
+    total_steps = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps
+
+    norm_stats = list(ckpt["norm_stats"]) if ckpt is not None else dataset_norm_stats(cfg, dataset, frontend, device, ctx)
+    cfg.data.norm_stats = norm_stats  # the saved config then reproduces this run exactly
+    views = ViewMaker(frontend, PrecomputedNorm(*norm_stats), augment, kind, channels_last)
+
+    progress = Progress()
+    if ckpt is not None:
+        progress = restore_checkpoint(ckpt, learner, optimizer, scaler, augment, aug_generator, ctx, device, cfg.seed)
+        if ctx.is_main:
+            log.info("resumed from %s at epoch %d, step %d", source, progress.epoch, progress.step)
+
+    model: nn.Module = learner
+    if ctx.distributed:
+        model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    return TrainingParts(
+        cfg=cfg, run=run, ctx=ctx, device=device, owns_process_group=owns_group, amp_dtype=amp_dtype,
+        learner=learner, model=model, optimizer=optimizer, scaler=scaler, views=views, aug_generator=aug_generator,
+        dataset=dataset, sampler=sampler, local_batch=local_batch, steps_per_epoch=steps_per_epoch,
+        schedule_steps=schedule_steps, total_steps=total_steps, norm_stats=norm_stats, progress=progress,
+        resumed_from=source,
+    )

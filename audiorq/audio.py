@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +20,24 @@ from audiorq.config import SAMPLE_RATE  # re-exported: readers of audio need the
 from audiorq.data.tasks.task import SPLITS
 
 PAD_CROP_POLICIES = ("byola", "evar")  # the evaluation presets' pad/crop rules, see `pad_or_crop`
+# A decoded sample beyond this is not audio (60 dB over full scale): a broken float file whose log-mel would
+# overflow to inf and turn every statistic computed over it into NaN.
+MAX_ABS_AMPLITUDE = 1000.0
+# Resampling by orig/g -> new/g (g their gcd) builds a kernel of about that product of taps; beyond this bound
+# (no real-world rate pair comes near it: 44056 -> 16000 Hz is 1.1e7) the rate is refused, not allocated.
+MAX_RESAMPLE_PRODUCT = 50_000_000
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """A path as text safe to print: itself, or its repr when it holds undecodable bytes or control characters."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(text)  # lone surrogates stand for undecodable bytes (surrogateescape): show them escaped
+    return text if text.isprintable() else repr(text)
 
 
 class AudioError(ValueError):
@@ -26,7 +46,7 @@ class AudioError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{printable_path(self.path)}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -46,13 +66,40 @@ class AudioInfo:
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Read the header of an audio file; raises AudioError if it is missing or unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(path, "file not found")
+    problem = file_problem(path)
+    if problem:
+        raise AudioError(path, problem)
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))  # bytes: soundfile cannot encode a name that is not valid UTF-8
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(path, f"unreadable audio ({_reason(e)})") from None
+        raise AudioError(path, f"unreadable audio ({_reason(e, path)})") from None
+    if info.frames < 0 or info.samplerate < 1 or info.channels < 1:
+        raise AudioError(path, f"unreadable audio (header says {info.frames} frames, {info.samplerate} Hz, "
+                               f"{info.channels} channels)")
     return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
+
+
+def file_problem(path: str | os.PathLike) -> str:
+    """Why `path` cannot be opened as a file ("" if it can): missing, a symlink loop, a folder, no permission."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return _os_reason(e)
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a pipe, socket or device)"
+    return ""
+
+
+def _os_reason(e: OSError) -> str:
+    if e.errno == errno.ENOENT:
+        return "file not found"
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return e.strerror or type(e).__name__
 
 
 def load_audio(
@@ -77,15 +124,20 @@ def load_audio(
         raise AudioError(path, f"start {start:.3f} s is past the end ({info.duration:.3f} s)")
     last = info.frames if duration is None else min(info.frames, first + int(round(duration * info.sample_rate)))
     try:
-        data, sr = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(path, f"cannot decode audio ({_reason(e)})") from None
+        data, sr = sf.read(os.fsencode(path), start=first, stop=last, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
+        raise AudioError(path, f"cannot decode audio ({_reason(e, path)})") from None
     if data.size == 0:
         raise AudioError(path, "empty audio (0 samples decoded)")
     if not np.isfinite(data).all():
         raise AudioError(path, "audio contains NaN or Inf samples")
+    peak = float(np.abs(data).max())
+    if peak > MAX_ABS_AMPLITUDE:
+        raise AudioError(path, f"sample values up to {peak:.3g}, not audio in [-1, 1] (limit {MAX_ABS_AMPLITUDE:g})")
     wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if sr != sample_rate:
+        if not resample_supported(sr, sample_rate):
+            raise AudioError(path, f"unusual sample rate {sr} Hz: resampling it to {sample_rate} Hz is not supported")
         wave = resample(wave, sr, sample_rate)
     return wave
 
@@ -94,6 +146,8 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """Band-limited resampling of (..., S) with torchaudio (scipy polyphase if torchaudio is unusable)."""
     if orig_sr == new_sr:
         return wave
+    if not resample_supported(orig_sr, new_sr):
+        raise ValueError(f"resampling {orig_sr} Hz to {new_sr} Hz is not supported (the filter would be too large)")
     resampler = _resampler(orig_sr, new_sr)
     if resampler is not None:
         return resampler.to(wave.device)(wave)
@@ -102,6 +156,14 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     g = math.gcd(orig_sr, new_sr)
     out = resample_poly(wave.numpy(), new_sr // g, orig_sr // g, axis=-1)
     return torch.from_numpy(out.astype(np.float32))
+
+
+def resample_supported(orig_sr: int, new_sr: int) -> bool:
+    """Whether `resample` takes this pair of rates: both >= 1 and a filter of at most MAX_RESAMPLE_PRODUCT taps."""
+    if orig_sr < 1 or new_sr < 1:
+        return False
+    g = math.gcd(orig_sr, new_sr)
+    return (orig_sr // g) * (new_sr // g) <= MAX_RESAMPLE_PRODUCT
 
 
 @lru_cache(maxsize=16)
@@ -154,7 +216,18 @@ def pad_or_crop(
     return wave[..., offset : offset + n_samples]
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: Exception, path: Path | None = None) -> str:
+    if isinstance(e, MemoryError):
+        return "the header asks for more memory than there is"
     text = str(e).strip()
+    # libsndfile says "System error." when the OS refused the open, and "possibly a pipe?" when no format
+    # matched: say what happened instead.
+    if path is not None and ("System error" in text or "possibly a pipe" in text):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as os_error:
+            return _os_reason(os_error)
+        return "not a recognised audio format, or corrupt data"
     # libsndfile messages repeat the path; keep only the reason.
     return text.split(": ", 1)[-1] if ": " in text else (text or type(e).__name__)

@@ -29,7 +29,8 @@ def pretrain(args: tuple[str, ...]) -> None:
       audiorq pretrain quick data.source=../shared/data/fsdd/recordings resume=auto
       audiorq pretrain my_recipe.yaml data.source=/data/clips
     Multi-GPU: torchrun --nproc_per_node=8 -m audiorq.cli pretrain RECIPE ...
-    Ctrl-C saves a checkpoint; resume=auto continues from it.
+    Ctrl-C saves a checkpoint after the current step (a second Ctrl-C stops at once); resume=auto
+    continues from it.
     """
     import logging
 
@@ -46,12 +47,17 @@ def pretrain(args: tuple[str, ...]) -> None:
     try:
         cfg = load_pretrain_config(args[0], list(args[1:]))
         run_dir = run(cfg)
-    except (ConfigError, RunDirError, BadDataError, RunFileError) as e:
+    except (ConfigError, RunDirError, BadDataError, RunFileError, ValueError, OSError) as e:
+        # ValueError: every bad-input error (AudioError, DataSourceError, ...); OSError: out_dir, a full disk.
         click.echo(f"audiorq pretrain: {e}", err=True)
         sys.exit(2)
     except TrainingInterrupted as e:
         click.echo(f"audiorq pretrain: interrupted; checkpoint saved at {e.checkpoint}; "
                    f"continue with the same command plus resume=auto", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("audiorq pretrain: stopped at once (second Ctrl-C), without a new checkpoint; resume=auto "
+                   "continues from the last one", err=True)
         sys.exit(130)
     if rank0:
         click.echo(f"run folder: {run_dir} (encoder: {RunFolder(run_dir).encoder})")
@@ -73,6 +79,8 @@ def pretrain(args: tuple[str, ...]) -> None:
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
               help="Embedding cache folder [default: OUT/cache].")
 @click.option("--skip-missing", is_flag=True, help="Evaluate without missing files instead of stopping.")
+@click.option("--skip-bad", is_flag=True,
+              help="Evaluate without files that cannot be decoded (counted and listed) instead of stopping.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Probe setting override, e.g. lr=1e-4, patience=20, norm_files=5000 (repeatable).")
 @click.option("--frontend", "frontend_overrides", multiple=True, metavar="KEY=VALUE",
@@ -88,8 +96,9 @@ def pretrain(args: tuple[str, ...]) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 def probe(
     encoder: str, tasks: str, data: str, preset: str, runs: int | None, device: str, out_dir: str,
-    cache_dir: str | None, skip_missing: bool, overrides: tuple[str, ...], frontend_overrides: tuple[str, ...],
-    task_options: tuple[str, ...], max_per_class: int | None, workers: int | None, threads: int | None,
+    cache_dir: str | None, skip_missing: bool, skip_bad: bool, overrides: tuple[str, ...],
+    frontend_overrides: tuple[str, ...], task_options: tuple[str, ...], max_per_class: int | None,
+    workers: int | None, threads: int | None,
     progress: bool,
 ) -> None:
     """Linear-probe ENCODER: checkpoint.pt, encoder.pth, a run folder, a BYOL-A .pth, 'random' or 'logmel'.
@@ -102,6 +111,7 @@ def probe(
     """
     import torch
 
+    from audiorq.audio import printable_path
     from audiorq.config import apply_overrides
     from audiorq.probe import format_table, probe_tasks
 
@@ -113,12 +123,17 @@ def probe(
             device=device, frontend_overrides=frontend_overrides, preset=preset, runs=runs, out_dir=out_dir,
             cache_dir=cache_dir, overrides=overrides, max_per_class=max_per_class,
             workers=min(8, os.cpu_count() or 1) if workers is None else workers,
-            progress=progress,
+            progress=progress, skip_bad=skip_bad,
         )
-    except (ValueError, FileNotFoundError) as e:  # bad input (ProbeError, TaskError, AudioError, ...): no traceback
+    except (ValueError, OSError) as e:  # bad input (ProbeError, TaskError, AudioError, ...): no traceback
         click.echo(f"audiorq probe: error: {e}", err=True)
         sys.exit(2)
     summaries = [s for r in results for s in r.summary]
+    for r in results:
+        if r.bad:
+            shown = "; ".join(f"{printable_path(p)}: {why}" for p, why in r.bad[:10])
+            click.echo(f"{r.summary[0]['task']}: skipped {len(r.bad)} undecodable files: {shown}"
+                       + (" ..." if len(r.bad) > 10 else ""))
     for s in summaries:
         click.echo(f"{s['task']}: {100 * s['mean']:.2f} ± {100 * s['std']:.2f} % "
                    f"({s['runs']} runs x {s['folds']} fold(s))")
@@ -176,7 +191,7 @@ def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float,
             out_dir=out_dir or f"listen_{Path(audio).stem}", bins=bins, start=start, duration=duration,
             overwrite=overwrite, n_iter=iters, frontend=frontend, mixup_with=mixup_source, device=device,
         )
-    except (AudioError, ConfigError, ListenError) as e:
+    except (AudioError, ConfigError, ListenError, OSError) as e:
         click.echo(f"audiorq listen: {e}", err=True)
         sys.exit(2)
     for note in result.notes:
@@ -248,7 +263,7 @@ def prepare_task_command(name: str, src: str, dst: str, workers: int | None, var
         kwargs["variant"] = variant
     try:
         report = prepare_task(name, src, dst, workers=workers, progress=progress, **kwargs)
-    except (TaskError, TypeError, ValueError) as e:
+    except (TaskError, TypeError, ValueError, OSError) as e:
         click.echo(f"audiorq prepare task: {e}", err=True)
         sys.exit(2)
     click.echo(report.summary())
@@ -273,7 +288,7 @@ def prepare_wav_command(src: str, dst: str, workers: int | None, sample_rate: in
 
     try:
         summary = prepare_wav(src, dst, sample_rate=sample_rate, workers=workers, progress=progress)
-    except (FileNotFoundError, ValueError) as e:
+    except (ValueError, OSError) as e:
         click.echo(f"audiorq prepare wav: {e}", err=True)
         sys.exit(2)
     click.echo(str(summary))
@@ -296,7 +311,7 @@ def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], worke
 
     OVERRIDES are frontend settings as key=value (e.g. mel_scale=htk n_mels=64), applied after --recipe.
     """
-    from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict, recipe_section
+    from audiorq.config import FrontendConfig, apply_overrides, from_dict, recipe_section
     from audiorq.data.prepare import DEFAULT_SHARD_SIZE_FRAMES, prepare_logmel
 
     try:
@@ -307,10 +322,87 @@ def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], worke
             config.validate()
         summary = prepare_logmel(src, dst, config, shard_size_frames=shard_size or DEFAULT_SHARD_SIZE_FRAMES,
                                  workers=workers, progress=progress, max_new_shards=max_shards)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ValueError, OSError) as e:
         click.echo(f"audiorq prepare logmel: {e}", err=True)
         sys.exit(2)
     click.echo(str(summary))
+
+
+def _norm_stats_option(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        mean, std = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected MEAN,STD (two numbers), got {text!r}", param_hint="--norm-stats") from None
+    return mean, std
+
+
+@main.command("export")
+@click.argument("src")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--norm-stats", default=None, metavar="MEAN,STD",
+              help="Log-mel normalization statistics, for a bare state dict (e.g. a BYOL-A .pth) that has none.")
+@click.option("--frontend", "frontend_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Log-mel frontend override, e.g. mel_scale=htk for a BYOL-A v1 model (repeatable).")
+@click.option("--name", default=None, help="Model name in the model card [default: OUT's stem].")
+@click.option("--license", "license_", default="unspecified", show_default=True, help="License field of the card.")
+@click.option("--scores", "scores_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A probe scores.csv: this encoder's rows go into the model card.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT and its card.")
+def export_command(src: str, out: str, norm_stats: str | None, frontend_overrides: tuple[str, ...], name: str | None,
+                   license_: str, scores_csv: str | None, overwrite: bool) -> None:
+    """Export a trained encoder as one shareable file: OUT.safetensors (or OUT.onnx) plus a model card OUT.md.
+
+    \b
+    SRC: a run folder, checkpoint.pt, encoder.pth, a BYOL-A .pth (with --norm-stats) or a .safetensors file.
+      audiorq export runs/rq models/rq.safetensors --license CC-BY-4.0 --scores results/scores.csv
+      audiorq export runs/rq models/rq.onnx          # waveform -> embedding, log-mel inside the graph
+    """
+    from audiorq.export import export_model
+    from audiorq.model import ModelError
+
+    try:
+        path, card = export_model(src, out, norm_stats=_norm_stats_option(norm_stats),
+                                  frontend_overrides=frontend_overrides, name=name, license=license_,
+                                  scores_csv=scores_csv, overwrite=overwrite)
+    except (ModelError, ValueError, OSError) as e:
+        click.echo(f"audiorq export: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {path} and its model card {card}")
+
+
+@main.command("embed")
+@click.argument("model")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .npz (or .parquet with pyarrow installed).")
+@click.option("--frames", is_flag=True, help="Also store frame embeddings and their times (ms).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Clips per batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--norm-stats", default=None, metavar="MEAN,STD", help="For a bare state dict without statistics.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+def embed_command(model: str, sources: tuple[str, ...], out: str, frames: bool, batch_size: int, device: str,
+                  norm_stats: str | None, overwrite: bool, progress: bool) -> None:
+    """Embed audio files with MODEL (run folder, checkpoint, encoder.pth, .safetensors): SOURCES are files or
+    folders (scanned recursively); unreadable files are skipped, counted and listed."""
+    from audiorq.embed import EmbedError, embed_files
+    from audiorq.model import ModelError, load_model
+
+    try:
+        loaded = load_model(model, device=device, norm_stats=_norm_stats_option(norm_stats))
+        result = embed_files(loaded, sources, out, frames=frames, batch_size=batch_size, overwrite=overwrite,
+                             progress=progress)
+    except (ModelError, EmbedError, ValueError, OSError) as e:
+        click.echo(f"audiorq embed: {e}", err=True)
+        sys.exit(2)
+    for path, reason in result.bad[:20]:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if len(result.bad) > 20:
+        click.echo(f"... and {len(result.bad) - 20} more skipped files", err=True)
+    click.echo(f"embedded {len(result.files)} files ({result.embeddings.shape[1]}-d), skipped {len(result.bad)}; "
+               f"wrote {result.out}")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from audiorq.atomic import atomic_write_text
+# The generic machinery lives in audiorq.schema; its names stay importable from here.
+from audiorq.schema import ConfigError, apply_overrides, from_dict, parse_value, to_dict
+from audiorq.schema import check_choice as _check_choice
+from audiorq.schema import check_prob as _check_prob
 
 T = TypeVar("T")
 
@@ -18,10 +22,6 @@ SAMPLE_RATE = 16000  # every waveform inside audiorq is 16 kHz mono (docs/archit
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # shipped in the wheel; the checkout's recipes/
 MEL_SCALES = ("slaney", "htk")
 FRONTEND_BACKENDS = ("torchaudio", "nnaudio", "librosa", "torch")
-
-
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the config schema."""
 
 
 @dataclasses.dataclass
@@ -39,6 +39,11 @@ class FrontendConfig:
     backend: str = "torchaudio"  # torchaudio | nnaudio | librosa | torch
 
     def validate(self) -> None:
+        for key in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"frontend.{key} must be >= 1, got {getattr(self, key)}")
+        if self.win_length > self.n_fft:
+            raise ConfigError(f"frontend.win_length ({self.win_length}) must be <= frontend.n_fft ({self.n_fft})")
         _check_choice("frontend.mel_scale", self.mel_scale, MEL_SCALES)
         _check_choice("frontend.backend", self.backend, FRONTEND_BACKENDS)
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
@@ -60,14 +65,24 @@ class RQConfig:
 
 
 RQ_PER = ("channel", "instance")
+# Upper bound on RQ bins: far more levels than a row has values (96 frames, or 64 x 96 per instance), and
+# small enough that the (rows, bins) cut points of a batch fit in memory; bigger is refused before allocating.
+MAX_RQ_BINS = 4096
 
 
 def check_rq_options(bins: Any, per: str, p: float, prefix: str = "RandomizedQuantization: ") -> None:
-    """The one check of RQ's options (config, module and function all call it); ConfigError names the key."""
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ConfigError(f"{prefix}bins must be an integer >= 1, got {bins!r}")
+    """The one check of RQ's options (config, module and function all call it); ConfigError names the key.
+
+    bins must be in [1, MAX_RQ_BINS] (4096), per in RQ_PER, p in [0, 1].
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= MAX_RQ_BINS:
+        raise ConfigError(f"{prefix}bins must be an integer >= 1 and <= {MAX_RQ_BINS}, got {bins!r}")
     _check_choice(f"{prefix}per", per, RQ_PER)
-    _check_prob(f"{prefix}p", float(p))
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{prefix}p must be a number in [0, 1], got {p!r}") from None
+    _check_prob(f"{prefix}p", p)
 
 
 @dataclasses.dataclass
@@ -123,144 +138,8 @@ class AugmentConfig:
 AUGMENTATIONS = ("rq", "rrc", "mixup")
 
 
-def _check_choice(key: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-
-def _check_prob(key: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{key} must be in [0, 1], got {value}")
-
-
 # ----------------------------------------------------------------------------------------------
-# Generic machinery: dict <-> dataclass, overrides, YAML I/O.
-
-
-def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
-    """Build dataclass `cls` from a nested dict, rejecting unknown keys and coercing types."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys at this level: {', '.join(prefix + k for k in fields)}"
-        )
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, prefix + name)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return from_dict(tp, value, key + ".")
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} fits none of {tp}")
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
-            return tuple(_coerce(a, v, key) for a, v in zip(args, value))
-        item = args[0] if args else Any
-        out = [_coerce(item, v, key) for v in value]
-        return tuple(out) if origin is tuple else out
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise ConfigError(f"{key} must be true/false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        try:
-            number = tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}") from None
-        if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return number
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """Dataclass -> plain nested dict (tuples become lists) for YAML/JSON."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    return plain(obj)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings to a nested dict; values are parsed as YAML scalars/lists."""
-    data = _deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"override {item!r} has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
-def _deepcopy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deepcopy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deepcopy(v) for v in d]
-    return d
+# Recipes: YAML files by path or shipped name.
 
 
 def recipe_names() -> list[str]:
@@ -287,7 +166,13 @@ def read_recipe(recipe: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
+        # The first line says what; the rest is a drawing of the spot, which does not fit a one-line error.
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        reason = str(getattr(e, "problem", None) or e).strip().splitlines()[0]
+        raise ConfigError(f"recipe {path} is not valid YAML: {reason}{where}") from None
+    except OSError as e:
+        raise ConfigError(f"recipe {path} cannot be read: {e.strerror or e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
     return data
@@ -369,8 +254,11 @@ class OptimConfig:
         _check_choice("optim.schedule", self.schedule, ("constant", "cosine"))
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ConfigError("optim.weight_decay and optim.warmup_epochs must be >= 0")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.momentum < 0:
+            raise ConfigError("optim.weight_decay, optim.momentum and optim.warmup_epochs must be >= 0")
+
+
+MAX_CROP_SEC = 3600.0  # an hour per crop is already far past any pretraining recipe; inf would overflow
 
 
 @dataclasses.dataclass
@@ -391,11 +279,15 @@ class DataConfig:
     def validate(self) -> None:
         _check_choice("data.kind", self.kind, ("wave", "logmel"))
         _check_prob("data.max_bad_fraction", self.max_bad_fraction)
-        if self.crop_sec <= 0 or self.crop_frames < 8:
-            raise ConfigError("data.crop_sec must be > 0 and data.crop_frames >= 8")
+        if not 0 < self.crop_sec <= MAX_CROP_SEC or self.crop_frames < 8:
+            raise ConfigError(f"data.crop_sec must be in (0, {MAX_CROP_SEC}] and data.crop_frames >= 8, got "
+                              f"{self.crop_sec}, {self.crop_frames}")
+        if self.bad_check_after < 0:
+            raise ConfigError(f"data.bad_check_after must be >= 0, got {self.bad_check_after}")
         if self.num_workers < 0 or self.stats_items < 1:
             raise ConfigError("data.num_workers must be >= 0 and data.stats_items >= 1")
-        if self.norm_stats is not None and (len(self.norm_stats) != 2 or not self.norm_stats[1] > 0):
+        if self.norm_stats is not None and (len(self.norm_stats) != 2 or not self.norm_stats[1] > 0
+                                            or not all(map(math.isfinite, self.norm_stats))):
             raise ConfigError(f"data.norm_stats must be [mean, std] with std > 0, got {self.norm_stats}")
 
 
@@ -410,6 +302,9 @@ class LogConfig:
     def validate(self) -> None:
         if self.every_steps < 1:
             raise ConfigError(f"log.every_steps must be >= 1, got {self.every_steps}")
+
+
+MAX_SEED = 2**32 - 1  # derived generator seeds (seed * 1_000_003 + ...) must stay below 2**64
 
 
 @dataclasses.dataclass
@@ -438,6 +333,8 @@ class PretrainConfig:
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if self.resume not in ("no", "auto") and not self.resume.endswith((".pt", ".pth")):
             raise ConfigError(f"resume must be no, auto or a checkpoint path (.pt), got {self.resume!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         if self.epochs < 1 or self.batch_size < 2 or self.max_steps < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("need epochs >= 1, batch_size >= 2, max_steps >= 0, checkpoint_every_steps >= 0")
         if not self.out_dir:

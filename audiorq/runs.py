@@ -8,24 +8,32 @@ A pretraining run folder (`out_dir`) holds
   metrics.jsonl   one JSON row per logging interval (rows: audiorq.train.metrics)
   tb/             TensorBoard event files
 
-This module is the only one that knows these names and the checkpoint mapping. Every torch file audiorq
-reads goes through `load_weights_only`: tensors and plain containers only, so a crafted file cannot run
-code; a file that needs more is refused with a message naming it.
+A trained encoder is shared as one self-describing model file, OUT.safetensors (`save_model_file`): the
+encoder weights plus JSON metadata (model, frontend, normalization statistics, training summary, version).
+
+This module is the only one that knows these names, the checkpoint mapping and the model file format.
+Every torch file audiorq reads goes through `load_weights_only`: tensors and plain containers only, so a
+crafted file cannot run code; a file that needs more is refused with a message naming it. Model files are
+safetensors, which hold no code at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
+import yaml
 from torch import nn
 
-from audiorq.atomic import atomic_torch_save
+from audiorq.atomic import atomic_torch_save, atomic_write
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -91,6 +99,28 @@ class RunFolder:
         """Names of the files that make this folder a run (config, checkpoint) that exist."""
         return [p.name for p in (self.checkpoint, self.config) if p.exists()]
 
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as a plain mapping (safe_load); RunFileError naming it if it is unreadable or no mapping."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.config.read_text())
+        except FileNotFoundError:
+            raise RunFileError(f"{self.config}: no such file") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RunFileError(f"{self.config}: cannot read the run's config ({reason[:200]})") from None
+        if not isinstance(data, dict):
+            raise RunFileError(f"{self.config}: not a config mapping (delete the folder or choose a new out_dir=...)")
+        return data
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete what killed writes of this folder's own files left (`.checkpoint.pt.XXXXXXXX.tmp`, ...)."""
+        from audiorq.atomic import remove_temporaries  # (imported here: the module header is not this class's)
+
+        names = (CONFIG_FILE, CHECKPOINT_FILE, ENCODER_FILE, METRICS_FILE)
+        return remove_temporaries(self.path, names)
+
 
 def load_weights_only(path: str | os.PathLike) -> Any:
     """torch.load restricted to tensors and plain containers (CPU); RunFileError naming the file otherwise."""
@@ -100,7 +130,10 @@ def load_weights_only(path: str | os.PathLike) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not _looks_pickled(path):
+            raise RunFileError(f"{path}: not a torch file (damaged, or another format)") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), type(e).__name__)
         raise RunFileError(
             f"{path}: refused: it holds pickled Python objects, not only tensors and plain containers, and "
             f"unpickling those can run code; audiorq loads weights only ({reason[:200]})"
@@ -111,6 +144,16 @@ def load_weights_only(path: str | os.PathLike) -> Any:
         raise RunFileError(f"{path}: is a folder, not a torch file") from None
     except Exception as e:  # noqa: BLE001 - the unpickler fails on junk in many ways; all mean "not a torch file"
         raise RunFileError(f"{path}: cannot read as a torch file ({type(e).__name__}: {e})") from None
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A torch zip archive or a raw pickle (protocol 2+ starts with 0x80), as opposed to random bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+    except OSError:
+        return False
 
 
 def encoder_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
@@ -144,12 +187,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderFile:
-    """An encoder's weights as found in a run folder, checkpoint.pt or a plain state dict file."""
+    """An encoder's weights and what it expects, as found in a run folder, checkpoint, state dict or model file."""
 
     path: Path  # the file actually read
-    kind: str  # checkpoint | state_dict
+    kind: str  # checkpoint | state_dict | model_file
     state: dict[str, torch.Tensor]  # parameter names without any DDP "module." prefix
-    config: dict[str, Any]  # the run's resolved config ({} for a plain state dict)
+    config: dict[str, Any]  # the run's resolved config (frontend, model, ...); {} when unknown
+    norm_stats: list[float] | None = None  # [mean, std] of the pre-normalization; None when unknown
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)  # a model file's metadata
 
 
 def find_encoder_file(path: str | os.PathLike) -> Path:
@@ -162,18 +207,29 @@ def find_encoder_file(path: str | os.PathLike) -> Path:
                 return candidate
         raise RunFileError(f"{path}: folder has neither {CHECKPOINT_FILE} nor {ENCODER_FILE}")
     if not path.is_file():
-        raise RunFileError(f"{path}: encoder not found (expected a run folder, {CHECKPOINT_FILE} or a .pth state dict)")
+        raise RunFileError(f"{path}: encoder not found (expected a run folder, {CHECKPOINT_FILE}, a .pth state dict "
+                           f"or a {MODEL_SUFFIX} model file)")
     return path
 
 
 def read_encoder_file(path: str | os.PathLike) -> EncoderFile:
-    """Encoder weights from a run folder, checkpoint.pt, encoder.pth or a BYOL-A release .pth (weights-only)."""
+    """Encoder weights from a run folder, checkpoint.pt, encoder.pth, a BYOL-A .pth or a .safetensors model file.
+
+    Never unpickles code. An encoder.pth inside a run folder takes its config and normalization statistics
+    from the config.yaml beside it.
+    """
     path = find_encoder_file(path)
+    if path.suffix == MODEL_SUFFIX:
+        model = read_model_file(path)
+        return EncoderFile(path=path, kind="model_file", state=model.state, config=model.config,
+                           norm_stats=model.norm_stats, metadata=model.metadata)
     obj = load_weights_only(path)
+    norm_stats = None
     if isinstance(obj, dict) and isinstance(obj.get("encoder"), dict):
         kind, state, config = "checkpoint", obj["encoder"], obj.get("config") or {}
+        norm_stats = obj.get("norm_stats")
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        kind, state, config = "state_dict", obj, {}
+        kind, state, config = "state_dict", obj, _sibling_config(path)
     else:
         raise RunFileError(f"{path}: neither an audiorq checkpoint (mapping with 'encoder') nor a state dict")
     # DataParallel / DDP checkpoints prefix every name with "module.".
@@ -181,4 +237,100 @@ def read_encoder_file(path: str | os.PathLike) -> EncoderFile:
         state = {k[len("module."):]: v for k, v in state.items()}
     if not isinstance(config, dict):
         raise RunFileError(f"{path}: its 'config' entry is not a mapping")
-    return EncoderFile(path=path, kind=kind, state=state, config=config)
+    if norm_stats is None:
+        norm_stats = (config.get("data") or {}).get("norm_stats")
+    return EncoderFile(path=path, kind=kind, state=state, config=config, norm_stats=_stats_or_none(norm_stats, path))
+
+
+def _sibling_config(path: Path) -> dict[str, Any]:
+    """The config.yaml of the run folder an encoder.pth sits in ({} when there is none)."""
+    config = path.parent / CONFIG_FILE
+    if path.name != ENCODER_FILE or not config.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise RunFileError(f"{config}: unreadable run config ({e})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _stats_or_none(stats: Any, path: Path) -> list[float] | None:
+    if stats is None:
+        return None
+    try:
+        mean, std = (float(v) for v in stats)
+    except (TypeError, ValueError):
+        raise RunFileError(f"{path}: normalization statistics must be [mean, std], got {stats!r}") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise RunFileError(f"{path}: normalization statistics must be finite with std > 0, got {stats!r}")
+    return [mean, std]
+
+
+# ----------------------------------------------------------------------------------------------
+# The shareable model file: OUT.safetensors = encoder weights + JSON metadata, and a model card OUT.md.
+
+MODEL_SUFFIX = ".safetensors"
+MODEL_FORMAT = "audiorq-model/1"
+# Metadata keys (safetensors metadata is str -> str; each value below is JSON).
+MODEL_KEYS = ("model", "frontend", "norm_stats", "training", "audiorq_version")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """A model file's content: encoder state, what it was built with, and how it was trained."""
+
+    state: dict[str, torch.Tensor]
+    model: dict[str, Any]  # {"architecture": "AudioNTT2020", "n_mels": ..., "d": ...}
+    frontend: dict[str, Any]  # FrontendConfig as a dict
+    norm_stats: list[float]  # [mean, std]
+    training: dict[str, Any]  # summary: source, steps, final loss, data, ... ({} when unknown)
+    audiorq_version: str
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The parts of a run config a loader needs (frontend, model), in the run-config layout."""
+        return {"frontend": self.frontend, "model": self.model}
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {"format": MODEL_FORMAT, "model": self.model, "frontend": self.frontend, "norm_stats": self.norm_stats,
+                "training": self.training, "audiorq_version": self.audiorq_version}
+
+
+def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
+    """Write a .safetensors model file atomically (contiguous CPU tensors, JSON metadata)."""
+    from safetensors.torch import save as safetensors_bytes
+
+    path = Path(path)
+    if path.suffix != MODEL_SUFFIX:
+        raise RunFileError(f"{path}: a model file must end in {MODEL_SUFFIX}")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state.items()}
+    metadata = {"format": MODEL_FORMAT, **{k: json.dumps(getattr(model, k)) for k in MODEL_KEYS}}
+    data = safetensors_bytes(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def read_model_file(path: str | os.PathLike) -> ModelFile:
+    """Read a .safetensors model file written by `save_model_file`; RunFileError naming the file otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunFileError(f"{path}: not a readable safetensors file ({e})") from None
+    if metadata.get("format") != MODEL_FORMAT:
+        raise RunFileError(f"{path}: not an audiorq model file (metadata format {metadata.get('format')!r}, "
+                           f"expected {MODEL_FORMAT!r}); export one with `audiorq export`")
+    try:
+        fields = {k: json.loads(metadata[k]) for k in MODEL_KEYS}
+    except (KeyError, json.JSONDecodeError) as e:
+        raise RunFileError(f"{path}: broken model metadata ({type(e).__name__}: {e})") from None
+    stats = _stats_or_none(fields["norm_stats"], path)
+    if stats is None or not isinstance(fields["model"], dict) or not isinstance(fields["frontend"], dict):
+        raise RunFileError(f"{path}: model metadata lacks the model, frontend or normalization statistics")
+    return ModelFile(state=state, model=fields["model"], frontend=fields["frontend"], norm_stats=stats,
+                     training=fields["training"] or {}, audiorq_version=str(fields["audiorq_version"]))

@@ -108,6 +108,7 @@ def test_falls_back_to_torch_stft_when_torchaudio_unusable(monkeypatch, chirp):
     assert (fe(chirp) - ref).abs()[_within_60db(ref)].max() <= 1e-3
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["torchaudio", "nnaudio", "torch"])
 def test_cuda_matches_cpu(chirp, backend):

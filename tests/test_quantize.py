@@ -252,6 +252,7 @@ def test_bad_input_raises():
         RandomizedQuantization()(torch.zeros(4, 4))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("bins", [2, 5, 32])
 def test_cuda_matches_cpu_with_a_cpu_generator_and_is_seeded_on_device(bins):

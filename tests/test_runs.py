@@ -134,3 +134,10 @@ def test_resuming_a_v0_1_run_continues_it_exactly(tmp_path):
     assert [r["step"] for r in rows if "epoch_end" not in r] == [1, 2, 3]  # the old rows are kept
     assert next(r["loss"] for r in rows if r.get("step") == 3 and "epoch_end" not in r) == expected["resumed_step3_loss"]
     assert state_dict_hash(load_checkpoint(RunFolder(run).checkpoint)["encoder"]) == expected["resumed_encoder_hash"]
+
+
+def test_random_bytes_are_not_called_pickled(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(7, 250)) * 3)
+    with pytest.raises(RunFileError, match="junk.pt: not a torch file"):
+        load_weights_only(junk)

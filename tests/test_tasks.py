@@ -364,7 +364,7 @@ def test_csv_split_relative_paths_and_default_unit_sec(tmp_path):
     s = task.splits[0]
     assert s.train.tolist() == [0, 1] and s.valid.tolist() == [2] and s.test.tolist() == [3]
     assert task.unit_sec == pytest.approx(round((1.0 + 1.26) / 2, 1))  # train files only
-    assert "mean duration" in task.info["unit_sec_source"]
+    assert "median duration" in task.info["unit_sec_source"]
     assert load_task("csv", data / "list.csv", unit_sec=2.5).unit_sec == 2.5
 
 

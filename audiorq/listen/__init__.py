@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from audiorq import _make_callable
 from audiorq.atomic import atomic_write_text
 from audiorq.audio import AudioError, audio_info, load_audio, save_audio
 from audiorq.augment import AugmentationChain, MixupBYOLA, PrecomputedNorm, build_augmentation
@@ -399,3 +400,7 @@ def _write_manifest(
         "notes": result.notes,
     }
     atomic_write_text(result.manifest, json.dumps(manifest, indent=2) + "\n")
+
+
+# `audiorq.listen(audio, augs=...)` is `listen`; the package stays importable as before.
+_make_callable(__name__, listen)

@@ -17,6 +17,7 @@ from audiorq.probe.embed import ProbeError, TaskEmbeddings, embed_task, task_nor
 from audiorq.probe.encoders import EncoderError, EncoderInfo, LogMelStats, load_encoder
 from audiorq.probe.presets import PRESETS, ProbeConfig, probe_config
 from audiorq.probe.report import PAPER_TABLE9, format_table, read_scores, summarize, write_results
+from audiorq import _make_callable
 from audiorq.probe.run import ProbeResult, linear_probe, parse_task_data, probe_tasks
 
 __all__ = [
@@ -26,3 +27,6 @@ __all__ = [
     "probe_config", "probe_tasks", "read_scores", "subsample_task", "summarize", "task_norm_stats",
     "train_linear_classifier", "write_results",
 ]
+
+# `audiorq.probe(encoder, tasks, data, ...)` is `probe_tasks`; the package stays importable as before.
+_make_callable(__name__, probe_tasks)

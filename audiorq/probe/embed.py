@@ -23,9 +23,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from audiorq.atomic import atomic_torch_save, atomic_write_text
-from audiorq.audio import load_audio, pad_or_crop
+from audiorq.audio import AudioError, load_audio, pad_or_crop, printable_path
 from audiorq.config import SAMPLE_RATE, to_dict
-from audiorq.data.tasks import Split, Task, task_fingerprint
+from audiorq.data.tasks import Split, Task, restrict_task, task_fingerprint
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.probe.encoders import EncoderInfo
 from audiorq.probe.presets import ProbeConfig
@@ -42,11 +42,15 @@ class ProbeError(ValueError):
 # Clips
 
 
+SKIP_BAD_HINT = "pass skip_bad=True / --skip-bad to leave undecodable files out"
+
+
 class ClipDataset(torch.utils.data.Dataset):
     """Items `indices` of a task as fixed-length waveforms (unit_sec * 16 kHz,), padded/cropped by `policy`.
 
     Each item's random crop comes from its own generator seeded by (seed, role, path, span), so a clip gets
-    the same crop whatever batch, worker or subset it is loaded in.
+    the same crop whatever batch, worker or subset it is loaded in. `item(k)` gives (k, wave or None, reason)
+    instead of raising, for loaders that skip undecodable files.
     """
 
     def __init__(self, task: Task, indices: np.ndarray, policy: str, role: str, seed: int):
@@ -65,13 +69,47 @@ class ClipDataset(torch.utils.data.Dataset):
         generator = torch.Generator().manual_seed(item_seed)
         return pad_or_crop(wave, self.n_samples, self.policy, self.role, generator)
 
+    def item(self, k: int) -> tuple[int, torch.Tensor | None, str]:
+        """(k, the item, "") or (k, None, why its audio cannot be used)."""
+        try:
+            return k, self[k], ""
+        except AudioError as e:
+            return k, None, e.reason
 
-def _batches(dataset: ClipDataset, batch_size: int, workers: int, device: torch.device):
+
+class _Items(torch.utils.data.Dataset):
+    # A view whose items carry the decode outcome, so that an error in a DataLoader worker comes back as data.
+    def __init__(self, clips: ClipDataset):
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | None, str]:
+        return self.clips.item(k)
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[torch.Tensor | None, list[tuple[int, str]]]:
+    good = [w for _, w, _ in items if w is not None]
+    return (torch.stack(good) if good else None), [(k, r) for k, w, r in items if w is None]
+
+
+def _batches(dataset: ClipDataset, batch_size: int, workers: int, device: torch.device,
+             bad: dict[int, str] | None = None):
+    """Batches of good clips on `device`; an undecodable clip raises ProbeError naming it, or, when `bad` is
+    a dict, is left out and recorded there as {position in dataset: reason}."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
+        _Items(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", collate_fn=_collate,
     )
-    for wave in loader:
-        yield wave.to(device, non_blocking=True)
+    for wave, failed in loader:
+        for k, reason in failed:
+            if bad is None:
+                path = dataset.task.files[int(dataset.indices[k])]
+                raise ProbeError(f"{printable_path(path)}: {reason} ({SKIP_BAD_HINT})")
+            bad[k] = reason
+        if wave is not None:
+            yield wave.to(device, non_blocking=True)
 
 
 def crop_role(policy: str, split: str) -> str:
@@ -103,8 +141,12 @@ def task_norm_stats(
     device: str | torch.device = "cpu",
     workers: int = 0,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> tuple[float, float]:
-    """Scalar mean and std of the padded/cropped log-mels of the `norm_stats_files` clips (float64 sums)."""
+    """Scalar mean and std of the padded/cropped log-mels of the `norm_stats_files` clips (float64 sums).
+
+    An undecodable clip raises ProbeError naming it, unless `skip_bad` (then it is left out).
+    """
     device = torch.device(device)
     frontend = frontend.to(device)
     dataset = ClipDataset(task, norm_stats_files(task, config), config.pad_crop, "train", config.seed)
@@ -112,13 +154,17 @@ def task_norm_stats(
     total_sq = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     bar = tqdm(total=len(dataset), desc=f"{task.name} norm stats", unit="clip", disable=not progress, leave=False)
-    for wave in _batches(dataset, config.embed_batch_size, workers, device):
+    bad: dict[int, str] | None = {} if skip_bad else None
+    for wave in _batches(dataset, config.embed_batch_size, workers, device, bad):
         lms = frontend(wave).double()
         total += lms.sum()
         total_sq += lms.square().sum()
         count += lms.numel()
         bar.update(len(wave))
     bar.close()
+    if count == 0:
+        raise ProbeError(f"{task.name}: none of the {len(dataset)} clips drawn for the normalization statistics "
+                         "could be decoded")
     mean = (total / count).item()
     var = max((total_sq / count).item() - mean * mean, 0.0)
     return mean, var ** 0.5
@@ -141,6 +187,7 @@ def cached_norm_stats(
     device: str | torch.device = "cpu",
     workers: int = 0,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> tuple[float, float]:
     """`task_norm_stats`, read from / written to `cache_dir/norm/` when a cache folder is given."""
     key = {
@@ -152,11 +199,13 @@ def cached_norm_stats(
     if path is not None and path.is_file():
         try:
             stored = json.loads(path.read_text())
+            if not isinstance(stored, dict):
+                raise TypeError("not a mapping")
             if stored.get("key") == key:
                 return float(stored["mean"]), float(stored["std"])
-        except (ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):
             warnings.warn(f"ignoring unreadable norm-stats cache {path}", stacklevel=2)
-    mean, std = task_norm_stats(task, config, frontend, device, workers, progress)
+    mean, std = task_norm_stats(task, config, frontend, device, workers, progress, skip_bad)
     if path is not None:
         atomic_write_text(path, json.dumps({"key": key, "mean": mean, "std": std}, indent=1))
     return mean, std
@@ -180,6 +229,21 @@ class TaskEmbeddings:
     policy: str
     cache_path: Path | None = None
     from_cache: bool = False
+    bad: dict[int, str] = dataclasses.field(default_factory=dict)  # task index -> why it could not be decoded
+
+    def without_bad(self) -> TaskEmbeddings:
+        """These embeddings on the task without its `bad` items (split indices renumbered), checked."""
+        if not self.bad:
+            return self
+        keep = np.ones(len(self.task.files), dtype=bool)
+        keep[list(self.bad)] = False
+        task = restrict_task(self.task, keep)
+        new_index = np.cumsum(keep) - 1
+        roles = {}
+        for role, (idx, emb) in self.roles.items():
+            ok = keep[idx]
+            roles[role] = (new_index[idx[ok]].astype(np.int64), emb[torch.from_numpy(ok)])
+        return dataclasses.replace(self, task=task, roles=roles, bad={})
 
     def get(self, split: str, indices: np.ndarray) -> torch.Tensor:
         """Embeddings (len(indices), d) of task items `indices` as they are cropped in `split`."""
@@ -221,20 +285,26 @@ def embed_clips(
     workers: int = 0,
     progress: bool = True,
     desc: str = "embedding",
+    bad: dict[int, str] | None = None,
 ) -> torch.Tensor:
-    """Waveforms -> log-mel -> (x - mean) / std -> frozen encoder: (len(dataset), d) float32 on the CPU."""
+    """Waveforms -> log-mel -> (x - mean) / std -> frozen encoder: (len(dataset), d) float32 on the CPU.
+
+    An undecodable clip raises ProbeError naming it; with a dict `bad` it is left out (rows follow the good
+    clips in order) and recorded there as {position in dataset: reason}.
+    """
     device = torch.device(device)
     frontend = frontend.to(device)
     encoder.eval()
     out = []
     bar = tqdm(total=len(dataset), desc=desc, unit="clip", disable=not progress, leave=False)
-    for wave in _batches(dataset, batch_size, workers, device):
+    for wave in _batches(dataset, batch_size, workers, device, bad):
         lms = (frontend(wave) - norm_mean) / norm_std
         out.append(encoder(lms).float().cpu())
         bar.update(len(wave))
     bar.close()
     if not out:
-        raise ProbeError(f"{dataset.task.name}: nothing to embed")
+        why = f": none of its {len(dataset)} clips could be decoded" if bad else ""
+        raise ProbeError(f"{dataset.task.name}: nothing to embed{why}")
     return torch.cat(out)
 
 
@@ -247,15 +317,20 @@ def embed_task(
     cache_dir: str | os.PathLike | None = None,
     workers: int = 0,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> TaskEmbeddings:
     """Norm stats + embeddings of every clip a task's splits use, from the cache when the key matches.
+
+    An undecodable clip raises ProbeError naming it, unless `skip_bad`: then the result's `bad` maps each such
+    item to its reason (`TaskEmbeddings.without_bad` drops them). The cache remembers them.
 
     The key holds everything that changes the embeddings: encoder weights hash, task fingerprint (name,
     variant, files, labels, spans, splits), preset and its crop/norm settings, unit_sec, frontend config.
     """
     frontend_config = to_dict(info.frontend)
     frontend = LogMelSpectrogram.from_config(info.frontend)
-    mean, std = cached_norm_stats(task, config, frontend, frontend_config, cache_dir, device, workers, progress)
+    mean, std = cached_norm_stats(task, config, frontend, frontend_config, cache_dir, device, workers, progress,
+                                  skip_bad)
     key = {
         "version": CACHE_VERSION, "encoder": info.weights_hash, "encoder_kind": info.kind, "task": task.name,
         "variant": task.variant, "task_fingerprint": task_fingerprint(task), "preset": config.preset,
@@ -268,32 +343,48 @@ def embed_task(
         path = Path(cache_dir) / f"{stem}-{_key_hash(key)[:16]}.pt"
         cached = _read_cache(path, key)
         if cached is not None:
-            return TaskEmbeddings(task, cached, mean, std, config.pad_crop, path, from_cache=True)
-    roles = {}
+            roles, bad = cached
+            if bad and not skip_bad:
+                i, reason = next(iter(bad.items()))
+                raise ProbeError(f"{printable_path(task.files[i])}: {reason} ({SKIP_BAD_HINT})")
+            return TaskEmbeddings(task, roles, mean, std, config.pad_crop, path, from_cache=True, bad=bad)
+    roles, bad = {}, {}
     for role, idx in role_indices(task, config.pad_crop).items():
         dataset = ClipDataset(task, idx, config.pad_crop, role, config.seed)
+        failed: dict[int, str] | None = {} if skip_bad else None
         emb = embed_clips(
             encoder, frontend, dataset, mean, std, config.embed_batch_size, device, workers, progress,
-            desc=f"{task.name} embed ({role} crops)",
+            desc=f"{task.name} embed ({role} crops)", bad=failed,
         )
-        roles[role] = (idx, emb)
+        ok = np.ones(len(idx), dtype=bool)
+        for k, reason in (failed or {}).items():
+            ok[k] = False
+            bad[int(idx[k])] = reason
+        roles[role] = (idx[ok], emb)
     if path is not None:
         payload = {
             "key": key,
             "roles": {r: {"indices": torch.from_numpy(i), "embeddings": e} for r, (i, e) in roles.items()},
+            "bad": {"indices": torch.tensor(sorted(bad), dtype=torch.int64), "reasons": [bad[i] for i in sorted(bad)]},
         }
-        atomic_torch_save(payload, path)
-    return TaskEmbeddings(task, roles, mean, std, config.pad_crop, path, from_cache=False)
+        try:
+            atomic_torch_save(payload, path)
+        except (OSError, RuntimeError) as e:  # a full disk: the embeddings are still good for this run
+            warnings.warn(f"could not write the embedding cache {path}: {e}", RuntimeWarning, stacklevel=2)
+    return TaskEmbeddings(task, roles, mean, std, config.pad_crop, path, from_cache=False, bad=bad)
 
 
-def _read_cache(path: Path, key: dict) -> dict[str, tuple[np.ndarray, torch.Tensor]] | None:
+def _read_cache(path: Path, key: dict) -> tuple[dict[str, tuple[np.ndarray, torch.Tensor]], dict[int, str]] | None:
     if not path.is_file():
         return None
     try:
         payload = load_weights_only(path)
         if payload.get("key") != key:
             return None
-        return {r: (v["indices"].numpy().astype(np.int64), v["embeddings"]) for r, v in payload["roles"].items()}
+        roles = {r: (v["indices"].numpy().astype(np.int64), v["embeddings"]) for r, v in payload["roles"].items()}
+        stored = payload.get("bad") or {"indices": torch.zeros(0, dtype=torch.int64), "reasons": []}
+        bad = {int(i): str(r) for i, r in zip(stored["indices"].tolist(), stored["reasons"])}
+        return roles, bad
     except Exception as e:  # a truncated or foreign file: recompute rather than fail
         warnings.warn(f"ignoring unreadable embedding cache {path}: {e}", stacklevel=2)
         return None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiorq.atomic import append_csv_rows, atomic_write_text
+from audiorq.atomic import append_csv_rows, atomic_write_text, file_lock
 
 # Table 9 of the RQ paper (linear probe accuracy, %), docs/architecture.md.
 PAPER_TASKS = ("nsynth", "us8k", "vc1", "voxforge", "spcv2_12", "spcv2")
@@ -99,12 +99,15 @@ def write_results(rows: list[dict], out_dir: str | os.PathLike) -> tuple[Path, P
     (latest invocation per model, preset and task), atomically. Returns both paths."""
     out_dir = Path(out_dir)
     scores = out_dir / "scores.csv"
-    append_csv_rows(scores, rows, SCORE_FIELDS)
     table = out_dir / "table.md"
-    text = (
-        "# Linear-probe accuracy (%), mean ± std over classifier runs\n\n"
-        "Paper rows: RQ paper Table 9 (BYOL-A protocol). Ours: the latest run per model/preset/task in "
-        "scores.csv.\n\n" + format_table(latest_summaries(read_scores(scores)))
-    )
-    atomic_write_text(table, text)
+    # One lock around the append and the table: a concurrent probe writing the same out_dir can neither
+    # lose rows nor leave a table.md older than scores.csv.
+    with file_lock(scores):
+        append_csv_rows(scores, rows, SCORE_FIELDS)
+        text = (
+            "# Linear-probe accuracy (%), mean ± std over classifier runs\n\n"
+            "Paper rows: RQ paper Table 9 (BYOL-A protocol). Ours: the latest run per model/preset/task in "
+            "scores.csv.\n\n" + format_table(latest_summaries(read_scores(scores)))
+        )
+        atomic_write_text(table, text)
     return scores, table

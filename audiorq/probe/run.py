@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
+from audiorq.audio import printable_path
 from audiorq.data.tasks import Task, check_task, load_task, subsample_task
 from audiorq.device import resolve_device
 from audiorq.probe.classifier import ClassifierRun, train_linear_classifier
@@ -32,6 +34,7 @@ class ProbeResult:
     runs: list[list[ClassifierRun]]  # [fold][run]
     scores_csv: Path | None = None
     table_md: Path | None = None
+    bad: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, reason) left out by skip_bad
 
     @property
     def mean(self) -> float:
@@ -68,15 +71,20 @@ def linear_probe(
     workers: int = 0,
     progress: bool = True,
     probe_id: str | None = None,
+    skip_bad: bool = False,
 ) -> ProbeResult:
     """Linear-probe `encoder` (a spec for `load_encoder`, or an already loaded (module, info)) on `task`.
 
     preset: "byola" | "evar" or a ProbeConfig; `overrides` (``key=value``) and `runs` change it.
     cache_dir: embedding cache (default out_dir/cache; None with out_dir None = no cache).
     out_dir: scores.csv gets one row per fold x run appended; table.md is rewritten from it. None: no files.
-    max_per_class: evaluate a per-class subset (`subsample_task`), for smoke tests only.
+    max_per_class: evaluate a per-class subset (`subsample_task`), for smoke tests only; >= 1 (None: all).
+    skip_bad: leave out clips that cannot be decoded (counted in a warning, listed in `ProbeResult.bad`)
+    instead of stopping with a ProbeError that names the first.
     device: "cpu", "cuda", "cuda:N", or None / "auto" (CUDA when available); see `audiorq.device.resolve_device`.
     """
+    if max_per_class is not None and (isinstance(max_per_class, bool) or int(max_per_class) < 1):
+        raise ProbeError(f"max_per_class (--max-per-class) must be >= 1, or None for every clip; got {max_per_class!r}")
     config = probe_config(preset, overrides, runs=runs)
     device = resolve_device(device)
     if isinstance(encoder, str):
@@ -90,7 +98,14 @@ def linear_probe(
     task = check_task(task, skip_missing=skip_missing)
     if max_per_class:
         task = subsample_task(task, max_per_class, seed=config.seed)
-    embeddings = embed_task(module, info, task, config, device, cache_dir, workers, progress)
+    embeddings = embed_task(module, info, task, config, device, cache_dir, workers, progress, skip_bad=skip_bad)
+    bad = [(task.files[i], reason) for i, reason in sorted(embeddings.bad.items())]
+    if bad:
+        shown = "; ".join(f"{printable_path(p)}: {r}" for p, r in bad[:5])
+        warnings.warn(f"{task.name}: skipped {len(bad)} of {len(task.files)} clips that cannot be decoded: {shown}"
+                      f"{' ...' if len(bad) > 5 else ''}", RuntimeWarning, stacklevel=2)
+        embeddings = embeddings.without_bad()
+        task = embeddings.task
 
     lr = config.lr_for(task.name)
     probe_id = probe_id or new_probe_id()
@@ -120,7 +135,7 @@ def linear_probe(
                 "norm_mean": round(embeddings.norm_mean, 6), "norm_std": round(embeddings.norm_std, 6),
                 "device": device.type,
             })
-    result = ProbeResult(rows=rows, summary=summarize(rows), embeddings=embeddings, runs=all_runs)
+    result = ProbeResult(rows=rows, summary=summarize(rows), embeddings=embeddings, runs=all_runs, bad=bad)
     if out_dir is not None:
         result.scores_csv, result.table_md = write_results(rows, out_dir)
     return result
@@ -134,7 +149,13 @@ def parse_task_data(tasks: str, data: str) -> dict[str, dict]:
     "all" (every task `data` names).
     """
     if Path(data).suffix in (".yaml", ".yml") and Path(data).is_file():
-        mapping = yaml.safe_load(Path(data).read_text()) or {}
+        try:
+            mapping = yaml.safe_load(Path(data).read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            first = str(getattr(e, "problem", None) or getattr(e, "strerror", None) or e).strip().splitlines()[0]
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ProbeError(f"{data}: not a valid YAML task map: {first}{where}") from None
         if not isinstance(mapping, dict):
             raise ProbeError(f"{data}: expected a mapping of task name -> data folder")
     elif "=" in data and not Path(data).exists():
@@ -153,6 +174,8 @@ def parse_task_data(tasks: str, data: str) -> dict[str, dict]:
         entry = dict(value) if isinstance(value, dict) else {"root": value}
         if "root" not in entry:
             raise ProbeError(f"--data: task {name!r} has no 'root'")
+        if not isinstance(entry["root"], (str, os.PathLike)) or not str(entry["root"]).strip():
+            raise ProbeError(f"--data: the root of task {name!r} must be a folder or file path, got {entry['root']!r}")
         spec[str(name)] = entry
     names = list(spec) if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
     unknown = [t for t in names if t not in spec]

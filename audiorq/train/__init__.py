@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from audiorq.atomic import FileWriteError
 from audiorq.config import PretrainConfig, load_config
 from audiorq.data.pretrain import ResumableSampler
 from audiorq.runs import load_checkpoint
@@ -32,7 +33,7 @@ def load_pretrain_config(recipe: str | os.PathLike | None,
 
 
 __all__ = [
-    "BadDataError", "PretrainConfig", "ResumableSampler", "RunDirError", "Trainer", "TrainingInterrupted",
+    "BadDataError", "FileWriteError", "PretrainConfig", "ResumableSampler", "RunDirError", "Trainer", "TrainingInterrupted",
     "TrainingParts", "ViewMaker", "build_dataset", "build_optimizer", "build_training", "load_checkpoint",
     "load_pretrain_config", "make_loader", "pretrain", "train_step",
 ]

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from audiorq.augment import AugmentationChain, NormalizeBatch, PrecomputedNorm, build_augmentation
 from audiorq.config import ConfigError, OptimConfig, PretrainConfig
-from audiorq.data.pretrain import AudioFolder, LogMelShards, ResumableSampler, compute_norm_stats
+from audiorq.data.pretrain import AudioFolder, LogMelShards, ResumableSampler, compute_norm_stats, is_logmel_shards
 from audiorq.device import autocast_dtype
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.models.byol import BYOLLearner
@@ -26,7 +26,9 @@ from audiorq.models.ntt import AudioNTT2020
 from audiorq.runs import Checkpoint, RunFolder, load_checkpoint
 from audiorq.train import schedules
 from audiorq.train.distributed import DistContext, barrier, broadcast_floats, init_distributed
-from audiorq.train.state import Progress, check_resumable, restore_checkpoint, resume_source
+from audiorq.train.state import (
+    Progress, RunDirError, check_resumable, check_same_experiment, restore_checkpoint, resume_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,8 @@ def build_dataset(cfg: PretrainConfig) -> Dataset:
     if not Path(cfg.data.source).exists():
         raise ConfigError(f"data.source {cfg.data.source} does not exist")
     if cfg.data.kind == "wave":
+        if is_logmel_shards(cfg.data.source):
+            raise ConfigError(f"data.source {cfg.data.source} is a folder of log-mel shards: add data.kind=logmel")
         return AudioFolder(cfg.data.source, crop_sec=cfg.data.crop_sec, sample_rate=cfg.frontend.sample_rate,
                            seed=cfg.seed, cache_dir=cfg.data.cache_dir)
     shards = LogMelShards(cfg.data.source, crop_frames=cfg.data.crop_frames, seed=cfg.seed)
@@ -154,6 +158,8 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
     cfg = copy.deepcopy(cfg)
     cfg.validate()
     run = RunFolder(cfg.out_dir)
+    if run.path.exists() and not run.path.is_dir():
+        raise RunDirError(f"out_dir {run.path} exists and is not a folder; choose another out_dir=...")
     ctx, device, owns_group = init_distributed(cfg.device)
     if cfg.batch_size % ctx.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the world size {ctx.world_size}")
@@ -168,6 +174,14 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
         if cfg.data.norm_stats is None:
             cfg.data.norm_stats = list(ckpt["norm_stats"])
         check_resumable(ckpt, cfg, source)
+    elif cfg.resume == "auto" and run.config.exists():
+        # Killed before its first checkpoint: the run restarts from step 0, but only as the same experiment.
+        saved = run.read_config()
+        saved_stats = saved["data"].get("norm_stats") if isinstance(saved.get("data"), dict) else None
+        if (cfg.data.norm_stats is None and isinstance(saved_stats, list) and len(saved_stats) == 2
+                and all(isinstance(v, (int, float)) for v in saved_stats)):
+            cfg.data.norm_stats = list(saved_stats)
+        check_same_experiment(saved, cfg, f"{run.config}: cannot restart this run (it has no checkpoint yet)")
 
     amp_dtype = autocast_dtype(cfg.precision, device)
     if device.type == "cuda":

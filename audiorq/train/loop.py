@@ -25,7 +25,7 @@ from audiorq.data.pretrain import collate_skipping
 from audiorq.runs import save_checkpoint
 from audiorq.train.build import TrainingParts, build_training
 from audiorq.train.distributed import agree_any, gather_objects
-from audiorq.train.metrics import RunLogger, StepRecord
+from audiorq.train.metrics import RunLogger, StepRecord, cut_metrics
 from audiorq.train.state import make_checkpoint, rng_state
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class Trainer:
         self.run_dir = Path(cfg.out_dir)
         self.parts: TrainingParts | None = None
         self._stop_signal: int | None = None
+        self._logger: RunLogger | None = None
         self._pid = os.getpid()
 
     def fit(self) -> Path:
@@ -96,26 +97,45 @@ class Trainer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
         logger = None
+        failed = False
         try:
             self.parts = p = build_training(self.cfg, self.dataset)
             if p.ctx.is_main:
-                p.run.path.mkdir(parents=True, exist_ok=True)
-                save_config(p.cfg, p.run.config)
-                logger = RunLogger(p.run.metrics, p.run.tensorboard, p.cfg.log, p.cfg.epochs, p.steps_per_epoch,
-                                   p.total_steps, start_step=p.progress.step)
+                logger = self._open_run_folder(p)
+            self._logger = logger
             self._loop(p, logger)
+        except BaseException:
+            failed = True
+            raise
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             if logger is not None:
-                logger.close()
+                try:
+                    logger.close()
+                except OSError:
+                    if not failed:  # a disk that filled up must not hide the error that stopped the run
+                        raise
             if self.parts is not None and self.parts.owns_process_group and dist.is_initialized():
                 dist.destroy_process_group()
         return self.run_dir
 
+    def _open_run_folder(self, p: TrainingParts) -> RunLogger:
+        """Rank 0, before the first step: clear crash leftovers, cut metrics back to the checkpoint, save config."""
+        p.run.path.mkdir(parents=True, exist_ok=True)
+        for tmp in p.run.remove_stale_temporaries():
+            log.info("removed %s, left by an interrupted write", tmp)
+        # Rows after the checkpoint's step are redone now; without a checkpoint (restart) that is every row.
+        history = cut_metrics(p.run.metrics, p.progress.step, p.progress.epoch)
+        save_config(p.cfg, p.run.config)
+        return RunLogger(p.run.metrics, p.run.tensorboard, p.cfg.log, p.cfg.epochs, p.steps_per_epoch,
+                         p.total_steps, start_step=p.progress.step, history=history)
+
     def save_checkpoint(self) -> Path:
         """Write checkpoint.pt and encoder.pth (rank 0); every rank contributes its RNG state."""
         p = self.parts
+        if self._logger is not None:
+            self._logger.flush()  # the rows up to this step are on disk before the checkpoint that covers them
         rng = gather_objects(p.ctx, rng_state(p.device, p.aug_generator, p.progress))
         if p.ctx.is_main:
             save_checkpoint(p.run, make_checkpoint(p.learner, p.optimizer, p.scaler, p.views.augment, p.progress, rng,

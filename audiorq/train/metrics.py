@@ -6,6 +6,11 @@ until an interval is flushed, so logging costs one host sync per `log.every_step
 metrics.jsonl rows: every interval {"step", "epoch", "loss", "lr", "ema_decay", "samples_per_s", "data_time_s",
 "step_time_s", "data_share", "skipped", "seen", "eta_s", "time"}; at each epoch end {"epoch_end" (epochs
 finished, 1-based), "step", "loss" (epoch mean), "time"}.
+
+Intervals end at every multiple of `log.every_steps`, at each checkpoint and at each epoch end, and a row is
+written only for an interval with at least one optimizer step, so interval rows have strictly increasing
+steps and a row's number of steps is its step minus the previous row's. On resume `cut_metrics` drops the
+rows a checkpoint had not seen, so a resumed run's rows continue the old ones without repeating any.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+from audiorq.atomic import FileWriteError, atomic_write_text
 from audiorq.config import LogConfig
+from audiorq.runs import RunFileError
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +54,26 @@ class RunLogger:
     """Rank-0 progress bar, metrics.jsonl rows and TensorBoard scalars for one training run."""
 
     def __init__(self, metrics_path: str | os.PathLike, tensorboard_dir: str | os.PathLike, cfg: LogConfig,
-                 epochs: int, steps_per_epoch: int, total_steps: int, start_step: int = 0):
+                 epochs: int, steps_per_epoch: int, total_steps: int, start_step: int = 0,
+                 history: list[dict] | None = None):
+        """`history`: the rows already in metrics.jsonl (after `cut_metrics`), for the resumed epoch's mean."""
         self.cfg, self.epochs, self.steps_per_epoch, self.total_steps = cfg, epochs, steps_per_epoch, total_steps
-        self.metrics = open(metrics_path, "a")
+        self.metrics_path = Path(metrics_path)
+        try:
+            self.metrics = open(metrics_path, "a")
+        except OSError as e:
+            raise FileWriteError(e.errno, e.strerror or str(e), str(metrics_path)) from None
         self.tb = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=start_step or None)
+            tb_dir = Path(tensorboard_dir)
+            earlier = tb_dir.is_dir() and any(tb_dir.iterdir())
+            # Events of steps after the checkpoint (start_step) are hidden; the checkpoint's own step is kept.
+            self.tb = SummaryWriter(str(tb_dir), purge_step=start_step + 1 if earlier else None)
         self.bar = None
         self.start_step, self.start_time = start_step, time.perf_counter()
+        self.history = list(history or [])
         self.epoch, self.epoch_loss_sum, self.epoch_n = 0, 0.0, 0
         self.last: StepRecord | None = None
         self._reset_interval()
@@ -69,6 +86,11 @@ class RunLogger:
     def start_epoch(self, epoch: int, batch_in_epoch: int) -> None:
         """A new epoch begins (at `batch_in_epoch` when resuming inside it)."""
         self.epoch, self.epoch_loss_sum, self.epoch_n = epoch, 0.0, 0
+        if batch_in_epoch and self.history:
+            # Resumed inside the epoch: its mean loss also covers the steps logged before the checkpoint,
+            # summed in the same order as an uninterrupted run sums them.
+            self.epoch_loss_sum, self.epoch_n = epoch_loss_so_far(self.history, epoch)
+        self.history = []
         if self.cfg.progress:
             from tqdm.auto import tqdm
 
@@ -87,12 +109,14 @@ class RunLogger:
         self.last = record
         if self.bar is not None:
             self.bar.update(1)
-        if self.n_batches >= self.cfg.every_steps:
+        # Intervals end at multiples of every_steps (not every N batches), so a resumed run keeps the grid.
+        if record.loss is not None and record.step % self.cfg.every_steps == 0:
             self.flush()
 
     def flush(self) -> None:
-        """Write the row of the interval so far (if any batch was seen)."""
-        if self.n_batches == 0 or self.last is None:
+        """Write the row of the interval so far, if it made an optimizer step (skipped batches alone make none)."""
+        if self.n_loss == 0 or self.last is None:
+            self._reset_interval()
             return
         r = self.last
         loss = float(self.loss_sum) / self.n_loss if self.n_loss else float("nan")  # the one sync per interval
@@ -142,8 +166,11 @@ class RunLogger:
             self.tb.close()
 
     def _write(self, row: dict) -> None:
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
+        try:
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+        except OSError as e:
+            raise FileWriteError(e.errno, e.strerror or str(e), str(self.metrics_path)) from None
 
 
 def format_seconds(s: float) -> str:
@@ -154,8 +181,78 @@ def format_seconds(s: float) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The rows of a metrics.jsonl that carry a loss (logged intervals and epoch ends), in order; [] if absent."""
+def epoch_loss_so_far(rows: list[dict], epoch: int) -> tuple[float, int]:
+    """(sum of loss x steps, steps) over the interval rows of `epoch` (0-based), as RunLogger accumulates them."""
+    total, n, previous = 0.0, 0, 0
+    for r in rows:
+        if "epoch_end" in r:
+            previous = r["step"]
+            continue
+        steps = r["step"] - previous
+        previous = r["step"]
+        if r.get("epoch") == epoch and steps > 0:
+            total += r["loss"] * steps
+            n += steps
+    return total, n
+
+
+def _parse_rows(text: str) -> tuple[list[dict], int]:
+    """The JSON rows of a metrics.jsonl's text and how many lines could not be parsed (torn by a kill mid-write)."""
+    rows, torn = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            torn += 1
+    return rows, torn
+
+
+def cut_metrics(path: str | os.PathLike, step: int, epochs_done: int) -> list[dict]:
+    """Drop the rows a checkpoint at `step` (`epochs_done` epochs finished) had not seen; returns the rest.
+
+    Interval rows after `step`, epoch-end rows beyond `epochs_done` and torn lines go; the file is rewritten
+    atomically, and only if something went. Step 0 with no epoch done empties it (a restart).
+    """
     path = Path(path)
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(json.loads, filter(str.strip, lines)) if "loss" in r]
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunFileError(f"{path}: cannot read the run's metrics ({e})") from None
+    rows, torn = _parse_rows(text)
+    kept = [r for r in rows if _before(r, step, epochs_done)]
+    if torn:
+        log.warning("%s: dropped %d torn line(s) (a write cut short by a crash)", path, torn)
+    if len(kept) != len(rows) or torn or (text and not text.endswith("\n")):
+        if len(kept) != len(rows):
+            log.info("%s: dropped %d row(s) logged after the checkpoint (step %d); they are redone",
+                     path, len(rows) - len(kept), step)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def _before(row: dict, step: int, epochs_done: int) -> bool:
+    """Whether a row was written before the checkpoint at `step` with `epochs_done` epochs finished."""
+    if not isinstance(row.get("step"), (int, float)):
+        return False
+    if "epoch_end" in row:
+        return isinstance(row["epoch_end"], int) and row["epoch_end"] <= epochs_done and row["step"] <= step
+    return row["step"] <= step
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.jsonl that carry a loss (logged intervals and epoch ends), in order; [] if absent.
+
+    Lines torn by a crash mid-write are skipped.
+    """
+    path = Path(path)
+    rows = _parse_rows(path.read_text())[0] if path.exists() else []
+    return [r for r in rows if "loss" in r]

@@ -73,11 +73,16 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def check_resumable(checkpoint: Checkpoint, cfg: PretrainConfig, source: Path) -> None:
     """ConfigError unless `cfg` differs from the checkpoint's config only in RESUMABLE_CHANGES."""
-    differ = [k for k in config_differences(dict(checkpoint.get("config", {})), to_dict(cfg))
+    check_same_experiment(dict(checkpoint.get("config", {})), cfg, f"cannot resume from {source}")
+
+
+def check_same_experiment(saved: dict, cfg: PretrainConfig, what: str) -> None:
+    """ConfigError starting with `what` unless `cfg` differs from the `saved` config only in RESUMABLE_CHANGES."""
+    differ = [k for k in config_differences(saved, to_dict(cfg))
               if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_CHANGES)]
     if differ:
         raise ConfigError(
-            f"cannot resume from {source}: the config differs in {', '.join(differ)}; only "
+            f"{what}: the config differs in {', '.join(differ)}; only "
             f"{', '.join(RESUMABLE_CHANGES)} may change on resume (start a new out_dir= instead)"
         )
 

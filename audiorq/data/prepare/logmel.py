@@ -18,7 +18,9 @@ import torch
 from audiorq.atomic import atomic_write_text
 from audiorq.audio import AudioError, load_audio
 from audiorq.config import FrontendConfig, from_dict, to_dict
-from audiorq.data.prepare.runner import PrepareSummary, check_destination, default_workers, progress_bar, run_jobs
+from audiorq.data.prepare.runner import (
+    PrepareSummary, check_destination, default_workers, output_errors, progress_bar, run_jobs,
+)
 from audiorq.data.pretrain.audio_folder import scan_audio
 from audiorq.data.pretrain.logmel_shards import (
     PLAN_FILE, SHARD_DIR, finished_shard, remove_partial_shards, write_meta, write_shard,
@@ -141,16 +143,21 @@ def prepare_logmel(
         raise ValueError(f"shard_size_frames must be >= 1, got {shard_size_frames}")
     workers = default_workers() if workers is None else int(workers)
 
+    with output_errors(dst):
+        return _prepare(src, dst, frontend_config, config, shard_size_frames, workers, progress, max_new_shards,
+                        t_start)
+
+
+def _prepare(src: Path, dst: Path, frontend_config: FrontendConfig, config: dict, shard_size_frames: int,
+             workers: int, progress: bool, max_new_shards: int | None, t_start: float) -> PrepareSummary:
     dst.mkdir(parents=True, exist_ok=True)
     shard_dir = dst / SHARD_DIR
     shard_dir.mkdir(exist_ok=True)
     remove_partial_shards(shard_dir)
     scan = scan_audio(src, cache_dir=dst)
+    # Unusable names (not UTF-8, a line break: paths.txt holds one UTF-8 path per line) are scan errors.
     good = [e for e in scan.entries if not e.error]
     scan_bad = [[e.path, e.error] for e in scan.entries if e.error]
-    for e in good:
-        if "\n" in e.path:
-            raise ValueError(f"{src}: file name with a line break is not supported: {e.path!r}")
     expected = [_expected_frames(e.frames, e.sample_rate, frontend_config.sample_rate, frontend_config.hop_length)
                 for e in good]
     groups = [[good[i].path for i in group] for group in plan_shards(expected, shard_size_frames)]
@@ -158,7 +165,11 @@ def prepare_logmel(
             "shards": groups}
     plan_path = dst / PLAN_FILE
     if plan_path.exists():
-        old = json.loads(plan_path.read_text())
+        try:
+            old = json.loads(plan_path.read_text())
+        except ValueError:
+            old = {}  # written atomically, so only a hand-edited file gets here: treat it as different
+        old = old if isinstance(old, dict) else {}
         if old != plan:
             what = [k for k in ("source", "frontend", "shard_size_frames", "shards") if old.get(k) != plan[k]]
             what = ["files" if k == "shards" else k for k in what]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
+
+from audiorq.audio import printable_path
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -25,6 +28,30 @@ if TYPE_CHECKING:
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 # Imported once in the fork server rather than in every worker: torch and the job functions of every stage.
 PRELOAD = ["audiorq.data.prepare"]
+
+
+# Errors of the output side: every later write would fail the same way, so they stop the run.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class PrepareError(ValueError):
+    """A preparation that cannot go on (the output folder cannot be written); names the folder and the reason."""
+
+
+def is_output_error(e: BaseException) -> bool:
+    """Whether `e` is a write failure that stops the whole run (disk full, quota, read-only file system)."""
+    return isinstance(e, OSError) and e.errno in OUTPUT_ERRNOS
+
+
+@contextlib.contextmanager
+def output_errors(dst: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError raised by the block (a failed write, in this process or a worker) into PrepareError."""
+    try:
+        yield
+    except OSError as e:
+        where = printable_path(e.filename) if e.filename else printable_path(dst)
+        raise PrepareError(f"cannot write {where}: {e.strerror or e} (finished outputs are kept; free space "
+                           "or fix the folder, then run the same command again)") from None
 
 
 @dataclasses.dataclass
@@ -54,7 +81,7 @@ class PrepareSummary:
         if self.stats is not None:
             lines.append(f"log-mel mean {self.stats[0]:.6f}, std {self.stats[1]:.6f}")
         for path, reason in self.bad[:20]:
-            lines.append(f"  bad: {path}: {reason}")
+            lines.append(f"  bad: {printable_path(path)}: {reason}")
         if len(self.bad) > 20:
             lines.append(f"  ... and {len(self.bad) - 20} more bad files")
         return "\n".join(lines)

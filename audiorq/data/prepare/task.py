@@ -18,7 +18,9 @@ from pathlib import Path
 from audiorq.atomic import atomic_write, atomic_write_text
 from audiorq.audio import AudioError, audio_info
 from audiorq.config import SAMPLE_RATE
-from audiorq.data.prepare.runner import check_destination, default_workers, progress_bar, run_jobs
+from audiorq.data.prepare.runner import (
+    check_destination, default_workers, is_output_error, output_errors, progress_bar, run_jobs,
+)
 from audiorq.data.prepare.wav import convert_file
 from audiorq.data.tasks import TASKS, Task, TaskError, load_task
 
@@ -107,6 +109,12 @@ def prepare_task(
             report.skipped += 1
         else:
             todo.append((s, str(outputs[s])))
+    with output_errors(dst):
+        return _finish(task, name, src, dst, base, outputs, todo, report, workers, progress)
+
+
+def _finish(task: Task, name: str, src: Path, dst: Path, base: Path, outputs: dict[str, Path],
+            todo: list[tuple[str, str]], report: PrepareReport, workers: int | None, progress: bool) -> PrepareReport:
     failed = _convert_all(todo, workers, progress, name)
     report.failed = sorted(failed.items())
     report.converted = len(todo) - len(failed)
@@ -133,6 +141,8 @@ def _convert_batch(pairs: list[tuple[str, str]]) -> tuple[int, list[tuple[str, s
         try:
             convert_file(src, dst)
         except (ValueError, OSError, RuntimeError) as e:  # AudioError is a ValueError
+            if is_output_error(e):
+                raise  # disk full: every later file would fail too
             failed.append((src, str(e)))
     return len(pairs), failed
 

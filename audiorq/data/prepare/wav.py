@@ -11,8 +11,10 @@ from pathlib import Path
 from audiorq.atomic import atomic_write_text
 from audiorq.audio import AudioError, load_audio, save_audio
 from audiorq.config import SAMPLE_RATE
-from audiorq.data.prepare.runner import PrepareSummary, check_destination, default_workers, progress_bar, run_jobs
-from audiorq.data.pretrain.audio_folder import list_audio_files
+from audiorq.data.prepare.runner import (
+    PrepareSummary, check_destination, default_workers, is_output_error, output_errors, progress_bar, run_jobs,
+)
+from audiorq.data.pretrain.audio_folder import list_audio_files, name_problem
 
 BATCH_FILES = 16  # files per job: enough to amortize sending a job to a worker, few enough to balance load
 
@@ -35,6 +37,8 @@ def _convert_wav_batch(src: str, dst: str, rels: list[str], sample_rate: int) ->
             convert_file(Path(src) / rel, Path(dst) / wav_name(rel), sample_rate)
             out.append((rel, ""))
         except (AudioError, OSError, ValueError) as e:
+            if is_output_error(e):
+                raise  # disk full: every later file would fail too
             out.append((rel, getattr(e, "reason", None) or str(e)))
     return out
 
@@ -66,6 +70,10 @@ def prepare_wav(
     n_skipped = 0
     for rel in rels:
         out = wav_name(rel)
+        problem = name_problem(rel)
+        if problem:
+            bad.append((str(src / rel), problem))
+            continue
         if out in owner:
             bad.append((str(src / rel), f"output {out} is also the output of {owner[out]}"))
             continue
@@ -91,12 +99,13 @@ def prepare_wav(
 
     jobs = ((_convert_wav_batch, (str(src), str(dst), todo[i : i + BATCH_FILES], sample_rate))
             for i in range(0, len(todo), BATCH_FILES))
-    try:
-        run_jobs(jobs, workers, on_result)
-    finally:
-        bar.close()
-    bad.sort()
-    summary = PrepareSummary(str(src), str(dst), len(rels), n_done, n_skipped, len(bad), bad,
-                             complete=True, seconds=time.monotonic() - t_start)
-    atomic_write_text(dst / "prepare_wav_summary.json", json.dumps(dataclasses.asdict(summary), indent=1))
+    with output_errors(dst):
+        try:
+            run_jobs(jobs, workers, on_result)
+        finally:
+            bar.close()
+        bad.sort()
+        summary = PrepareSummary(str(src), str(dst), len(rels), n_done, n_skipped, len(bad), bad,
+                                 complete=True, seconds=time.monotonic() - t_start)
+        atomic_write_text(dst / "prepare_wav_summary.json", json.dumps(dataclasses.asdict(summary), indent=1))
     return summary

@@ -5,12 +5,16 @@ from audiorq.data.pretrain.audio_folder import (
     AUDIO_EXTENSIONS,
     AudioFolder,
     AudioScan,
+    DataSourceError,
     EpochCropDataset,
+    MissingSourceError,
     ScanEntry,
     StringTable,
     crop_offset,
     default_cache_dir,
+    is_logmel_shards,
     list_audio_files,
+    name_problem,
     scan_audio,
 )
 from audiorq.data.pretrain.logmel_shards import SILENCE_LOG_MEL, LogMelShards
@@ -18,7 +22,7 @@ from audiorq.data.pretrain.sampler import ResumableSampler, collate_skipping
 from audiorq.data.pretrain.stats import compute_norm_stats
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "SILENCE_LOG_MEL", "AudioFolder", "AudioScan", "EpochCropDataset", "LogMelShards",
-    "ResumableSampler", "ScanEntry", "StringTable", "collate_skipping", "compute_norm_stats", "crop_offset",
-    "default_cache_dir", "list_audio_files", "scan_audio",
+    "AUDIO_EXTENSIONS", "SILENCE_LOG_MEL", "AudioFolder", "AudioScan", "DataSourceError", "EpochCropDataset",
+    "LogMelShards", "MissingSourceError", "ResumableSampler", "ScanEntry", "StringTable", "collate_skipping",
+    "compute_norm_stats", "crop_offset", "default_cache_dir", "is_logmel_shards", "list_audio_files", "name_problem", "scan_audio",
 ]

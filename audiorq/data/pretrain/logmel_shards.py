@@ -27,12 +27,14 @@ import numpy as np
 import torch
 
 from audiorq.atomic import atomic_write, atomic_write_text
-from audiorq.data.pretrain.audio_folder import EpochCropDataset, StringTable
+from audiorq.data.pretrain.audio_folder import (
+    SHARD_FORMAT_NAME, SHARD_META_FILE, DataSourceError, EpochCropDataset, MissingSourceError, StringTable,
+)
 from audiorq.frontend import EPS
 
-FORMAT_NAME = "audiorq-logmel-shards"
+FORMAT_NAME = SHARD_FORMAT_NAME
 FORMAT_VERSION = 1
-META_FILE = "meta.json"
+META_FILE = SHARD_META_FILE
 INDEX_FILE = "index.npz"
 PATHS_FILE = "paths.txt"
 PLAN_FILE = "plan.json"
@@ -51,11 +53,17 @@ def shard_name(shard_id: int) -> str:
 
 def npy_frames(path: Path) -> int:
     """Leading dimension of a .npy file, read from its header only."""
+    return npy_layout(path)[0][0]
+
+
+def npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
+    """(shape, the file size the header promises: header + data bytes) of a .npy file, from its header."""
     with open(path, "rb") as f:
         major, _ = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, _ = read_header(f)
-    return int(shape[0])
+        shape, _, dtype = read_header(f)
+        data_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return tuple(int(n) for n in shape), f.tell() + data_bytes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +146,10 @@ def finished_shard(shard_dir: Path, shard_id: int) -> dict | None:
     name = shard_name(shard_id)
     try:
         index = json.loads((shard_dir / f"{name}.json").read_text())
-        if index["shard"] == shard_id and npy_frames(shard_dir / f"{name}.npy") == index["frames"]:
+        npy = shard_dir / f"{name}.npy"
+        shape, size = npy_layout(npy)
+        # A shard shorter than its header promises (a damaged copy) is rebuilt, not trusted.
+        if index["shard"] == shard_id and shape[0] == index["frames"] and npy.stat().st_size >= size:
             return index
     except (OSError, ValueError, KeyError):
         pass
@@ -201,12 +212,25 @@ class LogMelShards(EpochCropDataset):
         self.root = Path(root)
         self.crop_frames = int(crop_frames)
         meta_path = self.root / META_FILE
+        if not self.root.exists():
+            raise MissingSourceError(f"log-mel shard folder not found: {self.root}")
         if not meta_path.is_file():
-            hint = " (preparation unfinished: run `audiorq prepare logmel` again)" if (self.root / PLAN_FILE).exists() else ""
-            raise FileNotFoundError(f"{self.root} is not a finished log-mel shard folder: {META_FILE} missing{hint}")
+            hint = (" (preparation unfinished: run `audiorq prepare logmel` again)" if (self.root / PLAN_FILE).exists()
+                    else " (make one with `audiorq prepare logmel SRC DST`, or read audio with data.kind=wave)")
+            raise MissingSourceError(f"{self.root} is not a finished log-mel shard folder: {META_FILE} missing{hint}")
+        try:
+            self._open(meta_path)
+        except DataSourceError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError) as e:
+            raise DataSourceError(f"{self.root}: damaged log-mel shard folder ({type(e).__name__}: {e}); prepare it "
+                                  "again with `audiorq prepare logmel`") from None
+        self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _open(self, meta_path: Path) -> None:
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: not a {FORMAT_NAME} v{FORMAT_VERSION} folder")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
+            raise DataSourceError(f"{meta_path}: not a {FORMAT_NAME} v{FORMAT_VERSION} folder")
         self.meta = meta
         self.frontend_config: dict[str, Any] = dict(meta["frontend"])
         self.n_mels = int(meta["n_mels"])
@@ -217,15 +241,18 @@ class LogMelShards(EpochCropDataset):
             self.n_frames = index["n_frames"].astype(np.int64)
         self.paths = StringTable((self.root / PATHS_FILE).read_text().splitlines())  # relative to meta["source"]
         if not len(self.paths) == len(self.offsets) == int(meta["n_clips"]):
-            raise ValueError(f"{self.root}: index ({len(self.offsets)}), {PATHS_FILE} ({len(self.paths)}) and "
+            raise DataSourceError(f"{self.root}: index ({len(self.offsets)}), {PATHS_FILE} ({len(self.paths)}) and "
                              f"{META_FILE} ({meta['n_clips']}) disagree on the number of clips")
         self.shard_files = [self.root / SHARD_DIR / f"{name}.npy" for name in meta["shards"]]
         for path, frames in zip(self.shard_files, meta["shard_frames"]):
             if not path.is_file():
-                raise FileNotFoundError(f"{self.root}: shard {path.name} is missing")
-            if npy_frames(path) != frames:
-                raise ValueError(f"{path}: holds {npy_frames(path)} frames, the index expects {frames}")
-        self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
+                raise MissingSourceError(f"{self.root}: shard {path.name} is missing")
+            shape, size = npy_layout(path)
+            if shape[0] != frames:
+                raise DataSourceError(f"{path}: holds {shape[0]} frames, the index expects {frames}")
+            if path.stat().st_size < size:
+                raise DataSourceError(f"{path}: truncated ({path.stat().st_size} of {size} bytes); prepare the "
+                                      "folder again with `audiorq prepare logmel`")
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -46,12 +46,25 @@ TASKS: dict[str, Callable[..., Task]] = {
 }
 
 
+class TaskOptionError(TaskError, TypeError):
+    """A reader option the task's reader does not take (a TypeError too, as a bad keyword argument is)."""
+
+
 def load_task(name: str, root: str | os.PathLike, **options) -> Task:
     """Read task `name` from `root` (for "csv": the CSV file) with the loader's keyword options."""
     try:
         loader = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+    import inspect
+
+    params = inspect.signature(loader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise TaskOptionError(f"{name}: unknown option(s) {', '.join(map(str, unknown))}; "
+                                  f"valid: {', '.join(valid)}")
     return loader(root, **options)
 
 

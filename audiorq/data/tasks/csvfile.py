@@ -26,6 +26,15 @@ def read_metadata_csv(csv_path: str | os.PathLike, task_name: str = "csv") -> tu
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise TaskError(f"{task_name}: metadata CSV {csv_path} not found")
+    try:
+        return _read_rows(csv_path, task_name)
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise TaskError(f"{task_name}: {csv_path} is not a readable UTF-8 CSV file ({e})") from None
+    except OSError as e:
+        raise TaskError(f"{task_name}: cannot read {csv_path}: {e.strerror or e}") from None
+
+
+def _read_rows(csv_path: Path, task_name: str) -> tuple[list[Item], str]:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [(h or "").strip() for h in (reader.fieldnames or [])]
@@ -79,8 +88,9 @@ def load_csv(
     """A task from a CSV file `root` (see `read_metadata_csv`); relative paths resolve against its folder.
 
     With a split column: one "official" split (valid None when no row is valid). With only a fold
-    column: leave-one-fold-out like US8K. unit_sec defaults to the mean duration of the training files
+    column: leave-one-fold-out like US8K. unit_sec defaults to the median duration of the training files
     (all files for folds), rounded to 0.1 s, read from the audio headers (soundfile); pass it to skip that.
+    The median, not the mean, so that a few very long files do not pad every clip to their length.
     """
     csv_path = Path(root).expanduser().resolve()
     task_name = name or csv_path.stem
@@ -96,26 +106,33 @@ def load_csv(
         info={"source": "csv", "metadata_files": [str(csv_path)]},
     )
     if unit_sec is None:
-        unit_sec = mean_train_duration(task)
-        task.info["unit_sec_source"] = "mean duration of the training files, rounded to 0.1 s"
+        unit_sec = median_train_duration(task)
+        task.info["unit_sec_source"] = "median duration of the training files, rounded to 0.1 s"
     else:
         task.info["unit_sec_source"] = "given"
     return dataclasses.replace(task, unit_sec=float(unit_sec))
 
 
-def mean_train_duration(task: Task) -> float:
-    """Mean duration (s) of the task's training items (every item for fold tasks), rounded to 0.1 s."""
-    from audiorq.audio import audio_info
+def median_train_duration(task: Task) -> float:
+    """Median duration (s) of the task's training items (every item for fold tasks), rounded to 0.1 s.
+
+    TaskError naming the file if a header cannot be read.
+    """
+    from audiorq.audio import AudioError, audio_info
 
     split = task.splits[0]
     idx = split.train if len(task.splits) == 1 else np.arange(len(task.files))
     durations = []
     for i in idx.tolist():
-        info = audio_info(task.files[i])
+        try:
+            info = audio_info(task.files[i])
+        except AudioError as e:
+            raise TaskError(f"{task.name}: cannot read the length of {e}; fix or drop the file, or pass "
+                            "unit_sec to skip reading the headers") from None
         start, duration = task.span(i)
         length = max(0.0, info.duration - start)
         durations.append(length if duration is None else min(duration, length))
-    return max(0.1, round(float(np.mean(durations)), 1))
+    return max(0.1, round(float(np.median(durations)), 1))
 
 
 def _seconds(value: str | None, default: float, where: str) -> float:

@@ -96,14 +96,33 @@ def find_missing_files(paths: Iterable[str]) -> list[str]:
     for p in paths:
         parent, name = os.path.split(p)
         if parent not in by_dir:
-            try:
-                by_dir[parent] = {e.name for e in os.scandir(parent) if not e.is_dir()}
-            except (FileNotFoundError, NotADirectoryError):
-                by_dir[parent] = None
+            by_dir[parent] = _listed_files(parent)
         present = by_dir[parent]
-        if present is None or name not in present:
+        if present is None:
+            # A folder that cannot be listed (search permission only) may still hold the file: stat it.
+            if not os.path.isfile(p):
+                missing.append(p)
+        elif name not in present:
             missing.append(p)
     return missing
+
+
+def _listed_files(folder: str) -> set[str] | None:
+    """Names in `folder` that are not folders: empty if it is absent or a loop, None if it cannot be listed."""
+    try:
+        entries = list(os.scandir(folder or "."))
+    except PermissionError:
+        return None
+    except OSError:  # missing, not a folder, a symlink loop: none of its files exist
+        return set()
+    names = set()
+    for e in entries:
+        try:
+            if not e.is_dir():
+                names.add(e.name)
+        except OSError:  # a symlink loop beside the listed files is no file of the task
+            pass
+    return names
 
 
 def drop_missing_files(name: str, files: Sequence[str], skip_missing: bool) -> list[str]:

@@ -466,11 +466,9 @@ def test_non_utf8_names_are_readable_and_printable(tmp_path):
     assert printable_path("a\nb") == repr("a\nb")
 
 
-def test_unreadable_subfolders_are_counted(tmp_path, monkeypatch):
-    from audiorq.data.pretrain import list_audio_files
-
-    write_wav(tmp_path / "a" / "x.wav")
-    write_wav(tmp_path / "locked" / "y.wav")
+@pytest.fixture
+def locked_folders(monkeypatch):
+    """os.scandir refuses every folder named `locked`, as for a folder without read permission (root ignores modes)."""
     real_scandir = os.scandir
 
     def scandir(path="."):
@@ -479,23 +477,22 @@ def test_unreadable_subfolders_are_counted(tmp_path, monkeypatch):
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_unreadable_subfolders_are_counted(tmp_path, locked_folders):
+    from audiorq.data.pretrain import list_audio_files
+
+    write_wav(tmp_path / "a" / "x.wav")
+    write_wav(tmp_path / "locked" / "y.wav")
     with pytest.warns(RuntimeWarning, match=r"skipped 1 folder\(s\) that cannot be listed: .*locked"):
         files, _ = list_audio_files(tmp_path)
     assert files == ["a/x.wav"]
 
 
-def test_missing_file_check_survives_unlistable_folders(tmp_path, monkeypatch):
+def test_missing_file_check_survives_unlistable_folders(tmp_path, locked_folders):
     from audiorq.data.tasks import find_missing_files
 
     present = write_wav(tmp_path / "locked" / "y.wav")
-    real_scandir = os.scandir
-
-    def scandir(path="."):
-        if os.fspath(path).endswith("locked"):
-            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
     # Search permission without read permission: the file is there though its folder cannot be listed.
     absent = str(tmp_path / "locked" / "z.wav")
     assert find_missing_files([str(present), absent]) == [absent]

@@ -30,13 +30,14 @@ def pretrain(args: tuple[str, ...]) -> None:
       audiorq pretrain my_recipe.yaml data.source=/data/clips
     Multi-GPU: torchrun --nproc_per_node=8 -m audiorq.cli pretrain RECIPE ...
     Ctrl-C saves a checkpoint after the current step (a second Ctrl-C stops at once); resume=auto
-    continues from it.
+    continues from it. At the end a summary says why the run stopped and what to run next; the run
+    folder's loss.png shows the loss curve (redrawn at each checkpoint).
     """
     import logging
 
     from audiorq.config import ConfigError
-    from audiorq.runs import RunFileError, RunFolder
-    from audiorq.train import BadDataError, RunDirError, TrainingInterrupted, load_pretrain_config, pretrain as run
+    from audiorq.runs import RunFileError
+    from audiorq.train import BadDataError, RunDirError, Trainer, TrainingInterrupted, load_pretrain_config
 
     if not args or "=" in args[0]:
         raise click.UsageError("usage: audiorq pretrain RECIPE [key=value ...]  (RECIPE: a .yaml file or a "
@@ -44,14 +45,18 @@ def pretrain(args: tuple[str, ...]) -> None:
     rank0 = os.environ.get("RANK", "0") == "0"
     if rank0:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    trainer = None
     try:
         cfg = load_pretrain_config(args[0], list(args[1:]))
-        run_dir = run(cfg)
+        trainer = Trainer(cfg)
+        trainer.fit()
     except (ConfigError, RunDirError, BadDataError, RunFileError, ValueError, OSError) as e:
         # ValueError: every bad-input error (AudioError, DataSourceError, ...); OSError: out_dir, a full disk.
         click.echo(f"audiorq pretrain: {e}", err=True)
         sys.exit(2)
     except TrainingInterrupted as e:
+        if rank0 and e.summary is not None:
+            click.echo(e.summary.text())
         click.echo(f"audiorq pretrain: interrupted; checkpoint saved at {e.checkpoint}; "
                    f"continue with the same command plus resume=auto", err=True)
         sys.exit(130)
@@ -59,17 +64,49 @@ def pretrain(args: tuple[str, ...]) -> None:
         click.echo("audiorq pretrain: stopped at once (second Ctrl-C), without a new checkpoint; resume=auto "
                    "continues from the last one", err=True)
         sys.exit(130)
-    if rank0:
-        click.echo(f"run folder: {run_dir} (encoder: {RunFolder(run_dir).encoder})")
+    if rank0 and trainer.summary is not None:
+        click.echo(trainer.summary.text())
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False), metavar="RUN...")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="PNG to write [default: RUN/loss.png for one run, ./loss_curves.png for several].")
+def plot(runs: tuple[str, ...], out: str | None) -> None:
+    """Draw the loss curves (and monitor curves, if logged) of run folders, overlaid: RUN [RUN ...].
+
+    \b
+      audiorq plot runs/quick                      redraws runs/quick/loss.png
+      audiorq plot runs/rq runs/mixup --out rq_vs_mixup.png
+    """
+    from audiorq.plots import plot_runs
+
+    try:
+        path = plot_runs(list(runs), out)
+    except (ValueError, OSError) as e:  # PlotError (no metrics), unreadable files, a full disk
+        click.echo(f"audiorq plot: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {path}")
+
+
+def _task_names() -> str:
+    """Every task the registry knows, for the help text."""
+    from audiorq.data.tasks import TASKS
+
+    return ", ".join(TASKS)
 
 
 @main.command()
 @click.argument("encoder")
 @click.option("--task", "tasks", required=True,
-              help="Task name (nsynth, us8k, vc1, voxforge, spcv2, spcv2_12, csv, fsdd_digits, ...), a comma list, "
-                   "or 'all' (every task --data names).")
-@click.option("--data", required=True,
-              help="The task's data folder; for several tasks a YAML file or task=folder[,task=folder] map.")
+              help=f"Task name ({_task_names()}), a comma list, or 'all' (every task --data names).")
+@click.option("--data", default=None,
+              help="The task's data folder; for several tasks a YAML file or task=folder[,task=folder] map. "
+                   "fsdd_digits, fsdd_speakers and esc10 also take the shared data root holding fsdd/ and esc10/ "
+                   "(e.g. ../shared/data), and default to $AUDIORQ_SHARED_DATA.")
+@click.option("--name", default=None,
+              help="Display name of the encoder in scores.csv and table.md [default: the run folder's name, "
+                   "else the file's folder-stem, or the baseline's name such as logmel-mean+std+max].")
 @click.option("--preset", type=click.Choice(["byola", "evar"]), default="byola", show_default=True,
               help="Protocol: byola (BYOL-A IJCNN / RQ paper) or evar (EVAR).")
 @click.option("--runs", type=int, default=None, help="Classifier runs per task (preset: byola 10, evar 3).")
@@ -88,15 +125,16 @@ def pretrain(args: tuple[str, ...]) -> None:
 @click.option("--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
               help="Task reader option, e.g. variant=b for spcv2_12 (repeatable).")
 @click.option("--max-per-class", type=int, default=None,
-              help="Quick look: at most N clips per class and split (not for reported numbers).")
+              help="Quick look: at most N clips per class and split; rows are marked as quick looks in "
+                   "scores.csv (quick_look=N) and table.md (not for reported numbers).")
 @click.option("--workers", type=int, default=None,
               help="Audio decoding worker processes [default: min(8, CPU count)]; 0 = decode in the main process.")
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (e.g. 1 on a busy shared machine) [default: torch's choice].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 def probe(
-    encoder: str, tasks: str, data: str, preset: str, runs: int | None, device: str, out_dir: str,
-    cache_dir: str | None, skip_missing: bool, skip_bad: bool, overrides: tuple[str, ...],
+    encoder: str, tasks: str, data: str | None, name: str | None, preset: str, runs: int | None, device: str,
+    out_dir: str, cache_dir: str | None, skip_missing: bool, skip_bad: bool, overrides: tuple[str, ...],
     frontend_overrides: tuple[str, ...], task_options: tuple[str, ...], max_per_class: int | None,
     workers: int | None, threads: int | None,
     progress: bool,
@@ -104,39 +142,45 @@ def probe(
     """Linear-probe ENCODER: checkpoint.pt, encoder.pth, a run folder, a BYOL-A .pth, 'random' or 'logmel'.
 
     \b
-    Appends one row per fold x run to OUT/scores.csv and prints the paper's Table 9 beside ours, e.g.
+    Appends one row per fold x run to OUT/scores.csv and prints the paper's Table 9 beside ours (other tasks,
+    such as the stand-ins, in a table of their own), e.g.
       audiorq probe runs/rq/checkpoint.pt --task spcv2 --data /data/spcv2 --device cuda
       audiorq probe runs/rq --task all --data tasks.yaml --preset evar
       audiorq probe random:d=2048,seed=0 --task us8k --data /data/UrbanSound8K
+      audiorq probe runs/quick --task fsdd_digits,esc10 --data ../shared/data --max-per-class 10
     """
     import torch
 
     from audiorq.audio import printable_path
     from audiorq.config import apply_overrides
+    from audiorq.data.messages import one_line_warnings
     from audiorq.probe import format_table, probe_tasks
 
     if threads:
         torch.set_num_threads(threads)
     try:
-        results = probe_tasks(
-            encoder, tasks, data, task_options=apply_overrides({}, task_options), skip_missing=skip_missing,
-            device=device, frontend_overrides=frontend_overrides, preset=preset, runs=runs, out_dir=out_dir,
-            cache_dir=cache_dir, overrides=overrides, max_per_class=max_per_class,
-            workers=min(8, os.cpu_count() or 1) if workers is None else workers,
-            progress=progress, skip_bad=skip_bad,
-        )
+        with one_line_warnings():
+            results = probe_tasks(
+                encoder, tasks, data, task_options=apply_overrides({}, task_options), skip_missing=skip_missing,
+                device=device, frontend_overrides=frontend_overrides, name=name, preset=preset, runs=runs,
+                out_dir=out_dir, cache_dir=cache_dir, overrides=overrides, max_per_class=max_per_class,
+                workers=min(8, os.cpu_count() or 1) if workers is None else workers,
+                progress=progress, skip_bad=skip_bad,
+            )
     except (ValueError, OSError) as e:  # bad input (ProbeError, TaskError, AudioError, ...): no traceback
         click.echo(f"audiorq probe: error: {e}", err=True)
         sys.exit(2)
     summaries = [s for r in results for s in r.summary]
-    for r in results:
+    for r in results:  # each bad file once, one line each, then the count
+        for p, why in r.bad:
+            click.echo(f"skipped {printable_path(p)}: {why}", err=True)
         if r.bad:
-            shown = "; ".join(f"{printable_path(p)}: {why}" for p, why in r.bad[:10])
-            click.echo(f"{r.summary[0]['task']}: skipped {len(r.bad)} undecodable files: {shown}"
-                       + (" ..." if len(r.bad) > 10 else ""))
+            click.echo(f"{r.summary[0]['task']}: skipped {len(r.bad)} undecodable files (listed above)", err=True)
+    if max_per_class:
+        click.echo(f"quick look (--max-per-class {max_per_class}): a per-class subset, not a reportable number")
     for s in summaries:
         click.echo(f"{s['task']}: {100 * s['mean']:.2f} ± {100 * s['std']:.2f} % "
-                   f"({s['runs']} runs x {s['folds']} fold(s))")
+                   f"({s['runs']} runs x {s['folds']} fold(s))" + (" [quick look]" if s.get("quick_look") else ""))
     click.echo(format_table(summaries))
     click.echo(f"rows appended to {results[0].scores_csv}; table in {results[0].table_md}")
 
@@ -152,32 +196,40 @@ def probe(
 @click.option("--duration", type=float, default=None,
               help="Length of the span, seconds (default: to the end, at most 10 s).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default: listen_<audio name>).")
+              help="Output folder (default: listen_<audio name>_<aug names>).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs of an earlier listen run in --out.")
 @click.option("--iters", type=int, default=32, show_default=True, help="Griffin-Lim iterations.")
 @click.option("--mixup-with", "mixup_with", multiple=True, metavar="self|noise|FILE",
               help="Mixup memory bank: self (time-shifted copies of the clip; default), noise, or audio "
                    "files (repeatable).")
-@click.option("--frontend", "frontend_recipe", default=None, metavar="RECIPE",
+@click.option("--frontend-recipe", "frontend_recipe", default=None, metavar="RECIPE",
               help="Take the log-mel settings from this recipe's frontend: section (a .yaml file or a shipped "
                    "recipe name; default: the standard frontend).")
+# The old name of --frontend-recipe, kept working; `probe --frontend` takes KEY=VALUE, hence the rename.
+@click.option("--frontend", "frontend_alias", default=None, hidden=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float, duration: float | None,
            out_dir: str | None, overwrite: bool, iters: int, mixup_with: tuple[str, ...],
-           frontend_recipe: str | None, device: str) -> None:
+           frontend_recipe: str | None, frontend_alias: str | None, device: str) -> None:
     """Hear and see augmented log-mel spectrograms (Griffin-Lim inversion + figure).
 
     \b
-    Writes original.wav, view1.wav ... (or <aug>_view1.wav ... with several --aug), views.png and
-    listen.json to --out, and prints the inversion quality of each file, e.g.
+    Writes original.wav, view1.wav ... (or <aug>_view1.wav ... with several --aug; one view for none),
+    views.png and listen.json to --out (default listen_<audio name>_<aug names>), and prints the
+    inversion quality of each file, e.g.
       audiorq listen clip.wav --aug rq --bins 5 --views 3 --seed 0 --out listen_rq
       audiorq listen long.ogg --aug rq,mixup,rrc --start 30 --duration 5
     """
-    from pathlib import Path
-
     from audiorq.audio import AudioError
     from audiorq.config import ConfigError, FrontendConfig, recipe_section
-    from audiorq.listen import ListenError, listen as run
+    from audiorq.listen import ListenError, default_out_dir, listen as run
+
+    if frontend_alias is not None:
+        if frontend_recipe is not None:
+            click.echo("audiorq listen: give --frontend-recipe only (--frontend is its old name)", err=True)
+            sys.exit(2)
+        click.echo("note: --frontend is now --frontend-recipe (the old name still works)", err=True)
+        frontend_recipe = frontend_alias
 
     mixup_source: str | list[str] = "self"
     if len(mixup_with) == 1 and mixup_with[0] in ("self", "noise"):
@@ -188,8 +240,9 @@ def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float,
         frontend = recipe_section(FrontendConfig, frontend_recipe, "frontend") if frontend_recipe else None
         result = run(
             audio, augs=[a for a in aug.split(",") if a.strip()], views=views, seed=seed,
-            out_dir=out_dir or f"listen_{Path(audio).stem}", bins=bins, start=start, duration=duration,
+            out_dir=out_dir or default_out_dir(audio, aug), bins=bins, start=start, duration=duration,
             overwrite=overwrite, n_iter=iters, frontend=frontend, mixup_with=mixup_source, device=device,
+            announce=lambda line: click.echo(f"note: {line}", err=True),
         )
     except (AudioError, ConfigError, ListenError, OSError) as e:
         click.echo(f"audiorq listen: {e}", err=True)
@@ -210,19 +263,26 @@ def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float,
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="Real labeled audio instead of the synthetic corpus: a root holding fsdd/ (e.g. ../shared/data: "
                    "FSDD digits), a metadata CSV (path,label,split), or a folder of class subfolders.")
-@click.option("--steps", type=int, default=None, help="Pretraining steps of batch 32 [default: 120, ~3 min on 2 cores].")
+@click.option("--steps", type=int, default=None,
+              help="Pretraining steps of batch 32 [default: 120; the whole demo ~2.5 min on 2 idle CPU cores].")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def demo(out_dir: str, data: str | None, steps: int | None, seed: int, device: str, progress: bool) -> None:
     """End to end on a built-in default (no downloads): synthesize a labeled corpus, pretrain with RQ, probe
     against random init and log-mel on a held-out split, write `listen` views of one clip."""
     import logging
 
-    from audiorq.demo import DEMO_STEPS, run_demo
+    from audiorq.config import ConfigError
+    from audiorq.demo import DEMO_STEPS, DemoDataError, run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = run_demo(out_dir, data=data, seed=seed, steps=steps or DEMO_STEPS, device=device, progress=progress)
+    try:
+        result = run_demo(out_dir, data=data, seed=seed, steps=steps or DEMO_STEPS, device=device,
+                          progress=progress)
+    except (DemoDataError, ConfigError) as e:  # refused before any work: bad data or device
+        click.echo(f"audiorq demo: {e}", err=True)
+        sys.exit(2)
     click.echo("\n" + (result.out_dir / "summary.md").read_text())
 
 
@@ -261,14 +321,18 @@ def prepare_task_command(name: str, src: str, dst: str, workers: int | None, var
         kwargs[key.strip()] = float(value) if key.strip() == "unit_sec" else value
     if variant is not None:
         kwargs["variant"] = variant
+    from audiorq.data.messages import one_line_warnings
+
     try:
-        report = prepare_task(name, src, dst, workers=workers, progress=progress, **kwargs)
+        with one_line_warnings():
+            report = prepare_task(name, src, dst, workers=workers, progress=progress, **kwargs)
     except (TaskError, TypeError, ValueError, OSError) as e:
         click.echo(f"audiorq prepare task: {e}", err=True)
         sys.exit(2)
     click.echo(report.summary())
     if report.failed:
-        click.echo(f"audiorq prepare task: {len(report.failed)} files could not be converted", err=True)
+        click.echo(f"audiorq prepare task: {len(report.failed)} files could not be converted (listed above); "
+                   "the others are done", err=True)
         sys.exit(1)
 
 
@@ -282,16 +346,22 @@ def prepare_wav_command(src: str, dst: str, workers: int | None, sample_rate: in
     """Convert every audio file under SRC to mono 16-bit WAV at the same relative path in DST (resumable).
 
     Unreadable or empty files are skipped and listed; the summary is also written to
-    DST/prepare_wav_summary.json.
+    DST/prepare_wav_summary.json. Exit status 1 if some files could not be converted.
     """
+    from audiorq.data.messages import one_line_warnings
     from audiorq.data.prepare import prepare_wav
 
     try:
-        summary = prepare_wav(src, dst, sample_rate=sample_rate, workers=workers, progress=progress)
+        with one_line_warnings():
+            summary = prepare_wav(src, dst, sample_rate=sample_rate, workers=workers, progress=progress)
     except (ValueError, OSError) as e:
         click.echo(f"audiorq prepare wav: {e}", err=True)
         sys.exit(2)
     click.echo(str(summary))
+    if summary.n_bad:
+        click.echo(f"audiorq prepare wav: {summary.n_bad} files could not be converted (listed above); "
+                   "the others are done", err=True)
+        sys.exit(1)
 
 
 @prepare.command("logmel", context_settings={"ignore_unknown_options": True})
@@ -310,8 +380,10 @@ def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], worke
     """Precompute float16 log-mel of every clip in SRC (folder or file list) into shards in DST (resumable).
 
     OVERRIDES are frontend settings as key=value (e.g. mel_scale=htk n_mels=64), applied after --recipe.
+    Unusable files are skipped and listed; exit status 1 if there were any.
     """
     from audiorq.config import FrontendConfig, apply_overrides, from_dict, recipe_section
+    from audiorq.data.messages import one_line_warnings
     from audiorq.data.prepare import DEFAULT_SHARD_SIZE_FRAMES, prepare_logmel
 
     try:
@@ -320,12 +392,17 @@ def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], worke
         else:
             config = from_dict(FrontendConfig, apply_overrides({}, list(overrides)), prefix="frontend.")
             config.validate()
-        summary = prepare_logmel(src, dst, config, shard_size_frames=shard_size or DEFAULT_SHARD_SIZE_FRAMES,
-                                 workers=workers, progress=progress, max_new_shards=max_shards)
+        with one_line_warnings():
+            summary = prepare_logmel(src, dst, config, shard_size_frames=shard_size or DEFAULT_SHARD_SIZE_FRAMES,
+                                     workers=workers, progress=progress, max_new_shards=max_shards)
     except (ValueError, OSError) as e:
         click.echo(f"audiorq prepare logmel: {e}", err=True)
         sys.exit(2)
     click.echo(str(summary))
+    if summary.n_bad:
+        click.echo(f"audiorq prepare logmel: {summary.n_bad} files could not be used (listed above); "
+                   "the shards hold the others", err=True)
+        sys.exit(1)
 
 
 def _norm_stats_option(text: str | None) -> tuple[float, float] | None:

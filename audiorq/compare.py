@@ -18,8 +18,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from audiorq.atomic import atomic_write, atomic_write_text
+from audiorq.atomic import atomic_write_text
 from audiorq.data.tasks import Task
+from audiorq.plots import loss_curves  # noqa: F401  (compare.loss_curves: the one drawing, in plots)
 from audiorq.probe.encoders import load_encoder
 from audiorq.probe.run import linear_probe
 from audiorq.runs import RunFolder
@@ -193,36 +194,11 @@ def compare(
     return result
 
 
-def loss_curves(run_dirs: dict[str, list[Path]], path: str | os.PathLike,
-                labels: dict[str, str] | None = None) -> Path:
-    """PNG of the BYOL loss logged during pretraining against step, one line per run (a colour per variant)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    labels = labels or {}
-    fig = Figure(figsize=(7.0, 4.0), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for i, (name, dirs) in enumerate(run_dirs.items()):
-        for j, run_dir in enumerate(dirs):
-            steps = [(r["step"], r["loss"]) for r in read_metrics(RunFolder(run_dir).metrics) if "epoch_end" not in r]
-            if steps:
-                ax.plot(*zip(*steps), color=f"C{i % 10}", linewidth=1.0, alpha=0.9 if j == 0 else 0.5,
-                        label=labels.get(name, name) if j == 0 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("BYOL loss (logged steps)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    return Path(path)
-
-
 def comparison_table(result: Comparison, variants: list[Variant], tasks: list[str],
-                     task_labels: dict[str, str] | None = None) -> str:
-    """Markdown: one row per variant, accuracy % mean ± std per task and the average of the task means."""
+                     task_labels: dict[str, str] | None = None, average: bool = True) -> str:
+    """Markdown: one row per variant, accuracy % mean ± std per task and (`average`) the mean of the task means."""
     task_labels = task_labels or {}
-    header = ["Encoder", *(task_labels.get(t, t) for t in tasks), "Avg"]
+    header = ["Encoder", *(task_labels.get(t, t) for t in tasks), *(["Avg"] if average else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in variants:
         cells, means = [], []
@@ -232,6 +208,6 @@ def comparison_table(result: Comparison, variants: list[Variant], tasks: list[st
             if ms is not None:
                 means.append(ms[0])
         avg = f"{np.mean(means):.1f}" if len(means) == len(tasks) else "–"
-        lines.append("| " + " | ".join([variant.label, *cells, avg]) + " |")
+        lines.append("| " + " | ".join([variant.label, *cells, *([avg] if average else [])]) + " |")
     return "\n".join(lines)
 

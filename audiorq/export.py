@@ -47,11 +47,13 @@ def training_summary(source: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_scores(scores_csv: str | os.PathLike, weights_hash: str) -> dict[str, float]:
-    """Mean test accuracy per task of the scores.csv rows of these weights (matched by weights hash prefix)."""
+    """Mean test accuracy per task of the scores.csv rows of these weights (matched by weights hash prefix);
+    quick looks (`--max-per-class` rows) are left out."""
     per_task: dict[str, list[float]] = {}
     with open(scores_csv, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("encoder_hash") and weights_hash.startswith(row["encoder_hash"]):
+            quick_look = bool((row.get("quick_look") or "").strip())  # --max-per-class rows are not results
+            if row.get("encoder_hash") and weights_hash.startswith(row["encoder_hash"]) and not quick_look:
                 per_task.setdefault(row["task"], []).append(float(row["test_acc"]))
     return {task: sum(v) / len(v) for task, v in sorted(per_task.items())}
 

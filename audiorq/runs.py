@@ -7,6 +7,7 @@ A pretraining run folder (`out_dir`) holds
   encoder.pth     the online encoder's state dict alone, BYOL-A parameter names (`features.*`, `fc.*`)
   metrics.jsonl   one JSON row per logging interval (rows: audiorq.train.metrics)
   tb/             TensorBoard event files
+  loss.png        the loss curve (and the online monitor's curves once logged), redrawn at checkpoints
 
 A trained encoder is shared as one self-describing model file, OUT.safetensors (`save_model_file`): the
 encoder weights plus JSON metadata (model, frontend, normalization statistics, training summary, version).
@@ -95,6 +96,11 @@ class RunFolder:
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD_DIR
 
+    @property
+    def loss_plot(self) -> Path:
+        """loss.png: the loss (and monitor) curves, redrawn at each checkpoint."""
+        return self.path / "loss.png"
+
     def existing(self) -> list[str]:
         """Names of the files that make this folder a run (config, checkpoint) that exist."""
         return [p.name for p in (self.checkpoint, self.config) if p.exists()]
@@ -118,7 +124,7 @@ class RunFolder:
         """Delete what killed writes of this folder's own files left (`.checkpoint.pt.XXXXXXXX.tmp`, ...)."""
         from audiorq.atomic import remove_temporaries  # (imported here: the module header is not this class's)
 
-        names = (CONFIG_FILE, CHECKPOINT_FILE, ENCODER_FILE, METRICS_FILE)
+        names = (CONFIG_FILE, CHECKPOINT_FILE, ENCODER_FILE, METRICS_FILE, self.loss_plot.name)
         return remove_temporaries(self.path, names)
 
 

@@ -340,8 +340,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, s
 
 def test_cut_metrics_drops_later_rows_torn_lines_and_later_epoch_ends(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    rows = [{"step": 1, "epoch": 0, "loss": 1.0}, {"step": 2, "epoch": 0, "loss": 0.5},
-            {"epoch_end": 1, "step": 2, "loss": 0.75}, {"step": 3, "epoch": 1, "loss": 0.25}]
+    rows = [{"step": 1, "epoch": 1, "loss": 1.0}, {"step": 2, "epoch": 1, "loss": 0.5},
+            {"epoch_end": 1, "step": 2, "loss": 0.75}, {"step": 3, "epoch": 2, "loss": 0.25}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
     assert cut_metrics(path, step=3, epochs_done=1) == rows  # only the torn line goes
     assert read_metrics(path) == rows
@@ -350,6 +350,17 @@ def test_cut_metrics_drops_later_rows_torn_lines_and_later_epoch_ends(tmp_path):
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
     assert cut_metrics(path, step=0, epochs_done=0) == [] and path.read_text() == ""
     assert cut_metrics(tmp_path / "absent.jsonl", 5, 1) == []
+
+
+def test_metrics_of_audiorq_0_1_are_read_and_resumed_with_epochs_from_1(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    old = [{"step": 1, "epoch": 0, "loss": 1.0}, {"epoch_end": 1, "step": 1, "loss": 1.0},
+           {"step": 2, "epoch": 1, "loss": 0.5}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    new = [{**r, "epoch": r["epoch"] + 1} if "epoch" in r else r for r in old]
+    assert read_metrics(path) == new and path.read_text().count('"epoch": 0') == 1  # reading changes nothing
+    assert cut_metrics(path, step=2, epochs_done=1) == new  # a resume renumbers the file, so appends continue it
+    assert read_metrics(path) == new and '"epoch": 0' not in path.read_text()
 
 
 def test_run_folder_reads_its_config_or_names_it(tmp_path):

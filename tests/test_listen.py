@@ -256,9 +256,11 @@ def test_listen_several_augs_names_files_per_aug_and_seed_reproduces(speech_like
     b = listen(speech_like, augs=["rq", "mixup", "rrc", "none"], seed=3, out_dir=tmp_path / "b", **kw)
     c = listen(speech_like, augs=["rq"], seed=4, out_dir=tmp_path / "c", **kw)
     only_rq = listen(speech_like, augs=["rq"], seed=3, out_dir=tmp_path / "d", **kw)
+    # `none` views would all be identical: one is written, with a note.
     assert sorted(p.name for p in (tmp_path / "a").glob("*_view*.wav")) == sorted(
-        f"{aug}_view{i}.wav" for aug in ["rq", "mixup", "rrc", "none"] for i in (1, 2)
+        [f"{aug}_view{i}.wav" for aug in ["rq", "mixup", "rrc"] for i in (1, 2)] + ["none_view1.wav"]
     )
+    assert a.augmented["none"].shape[0] == 1 and any("none: one view written" in n for n in a.notes)
     for aug in ["rq", "mixup", "rrc"]:
         assert torch.equal(a.augmented[aug], b.augmented[aug])
         assert not torch.equal(a.augmented[aug][0], a.augmented[aug][1])  # views differ from each other
@@ -319,8 +321,9 @@ def test_listen_refuses_to_overwrite(speech_like, tmp_path):
     out = tmp_path / "out"
     listen(speech_like, augs=["none"], views=1, out_dir=out, n_iter=2)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(ListenError, match="already holds listen outputs.*--overwrite"):
+    with pytest.raises(ListenError, match="already holds listen outputs.*--overwrite") as refused:
         listen(speech_like, augs=["rq"], views=1, out_dir=out, n_iter=2)
+    assert "overwrite=True" not in str(refused.value)  # the message speaks of the option, not the argument
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     listen(speech_like, augs=["rq"], views=1, out_dir=out, n_iter=2, overwrite=True)
     assert (out / "original.wav").read_bytes() == before["original.wav"]  # deterministic inversion
@@ -373,8 +376,66 @@ def test_cli_listen(speech_like, tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output
     recipe = tmp_path / "htk.yaml"
     recipe.write_text("frontend: {mel_scale: htk, n_mels: 48}\n")
-    assert runner.invoke(main, args + ["--overwrite", "--frontend", str(recipe)]).exit_code == 0
+    assert runner.invoke(main, args + ["--overwrite", "--frontend-recipe", str(recipe)]).exit_code == 0
     manifest = json.loads((out / "listen.json").read_text())
     assert (manifest["frontend"]["mel_scale"], manifest["frontend"]["n_mels"]) == ("htk", 48)
     missing = runner.invoke(main, ["listen", str(tmp_path / "none.ogg"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "none.ogg: file not found" in missing.output
+
+
+def test_cli_listen_default_out_names_the_augs_and_frontend_alias(speech_like, tmp_path, monkeypatch):
+    from audiorq.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    base = [str(speech_like), "--views", "1", "--iters", "1", "--device", "cpu"]
+    first = runner.invoke(main, ["listen", *base, "--aug", "rq"])
+    second = runner.invoke(main, ["listen", *base, "--aug", "rrc,none"])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert (tmp_path / "listen_tone_rq" / "view1.wav").is_file()
+    assert (tmp_path / "listen_tone_rrc_none" / "rrc_view1.wav").is_file()
+    recipe = tmp_path / "htk.yaml"
+    recipe.write_text("frontend: {mel_scale: htk, n_mels: 48}\n")
+    old = runner.invoke(main, ["listen", *base, "--aug", "none", "--frontend", str(recipe)])
+    assert old.exit_code == 0 and "--frontend-recipe" in old.output, old.output
+    assert json.loads((tmp_path / "listen_tone_none" / "listen.json").read_text())["frontend"]["n_mels"] == 48
+    assert "--frontend-recipe" in runner.invoke(main, ["listen", "--help"]).output
+
+
+def test_listen_figure_axis_in_file_time_and_low_rate_note(tmp_path, monkeypatch):
+    drawn = {}
+    real = audiorq.listen.draw_views
+
+    def spy(*args, **kwargs):
+        drawn.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audiorq.listen, "draw_views", spy)
+    clip = _write_wav(tmp_path / "digit.wav", 0.3 * make_chirp(2.0, sr=8000, f0=200, f1=3000).numpy(), 8000)
+    result = listen(clip, augs=["none"], views=1, out_dir=tmp_path / "o", n_iter=1, start=1.0, duration=0.5)
+    assert drawn["start"] == 1.0
+    assert any("8000 Hz: upsampled to 16000 Hz" in n for n in result.notes)
+
+
+def test_kernel_compile_is_announced_only_when_not_compiled(monkeypatch, tmp_path):
+    import types
+
+    from audiorq.augment import quantize
+    from audiorq.listen import compile_note
+
+    kernel = types.SimpleNamespace(signatures=[], py_func=lambda: None)
+    fake = types.ModuleType("quantize_kernel")
+    fake.__file__ = str(tmp_path / "quantize_kernel.py")
+    fake.kernel = kernel
+    monkeypatch.setattr(quantize, "_kernels", lambda: fake)
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    lines: list[str] = []
+    compile_note.announce_kernel_compile(lines.append)
+    assert len(lines) == 1 and "compiling the RQ kernel" in lines[0]
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "quantize_kernel.kernel-1.py311.nbi").write_bytes(b"")
+    compile_note.announce_kernel_compile(lines.append)  # cached on disk: loading is quick
+    kernel.signatures = ["(float32[:],)"]
+    (tmp_path / "__pycache__" / "quantize_kernel.kernel-1.py311.nbi").unlink()
+    compile_note.announce_kernel_compile(lines.append)  # compiled in this process
+    assert len(lines) == 1

@@ -194,12 +194,14 @@ def test_top_level_api():
 def test_model_card_lists_this_encoders_probe_scores(tmp_path):
     _, info = load_encoder(str(FIXTURE))
     scores = tmp_path / "scores.csv"
-    scores.write_text("encoder_hash,task,test_acc\n"
-                      f"{info.weights_hash[:16]},esc10,0.80\n{info.weights_hash[:16]},esc10,0.90\n"
-                      f"{info.weights_hash[:16]},us8k,0.5\n0123456789abcdef,esc10,0.10\n")
+    scores.write_text("encoder_hash,task,test_acc,quick_look\n"
+                      f"{info.weights_hash[:16]},esc10,0.80,\n{info.weights_hash[:16]},esc10,0.90,\n"
+                      f"{info.weights_hash[:16]},us8k,0.5,\n0123456789abcdef,esc10,0.10,\n"
+                      f"{info.weights_hash[:16]},esc10,0.20,2\n")
     _, card = export_model(FIXTURE, tmp_path / "m.safetensors", scores_csv=scores)
     text = card.read_text()
-    assert "| esc10 | 85.0 |" in text and "| us8k | 50.0 |" in text and "10.0" not in text
+    assert "| esc10 | 85.0 |" in text and "| us8k | 50.0 |" in text  # the quick look (20 %) is left out
+    assert "10.0" not in text and "20.0" not in text
 
 
 def test_cli_exports_an_onnx_graph_that_matches_the_model(tmp_path):

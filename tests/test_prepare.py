@@ -81,7 +81,9 @@ def test_prepare_wav_keeps_relative_paths_and_writes_16k_mono(source, tmp_path):
         got = load_audio(out)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected.clamp(-1, 1), rtol=0, atol=1.0 / 32768 + 1e-6)
-    assert json.loads((dst / "prepare_wav_summary.json").read_text())["n_bad"] == 2
+    written = json.loads((dst / "prepare_wav_summary.json").read_text())
+    assert written["n_bad"] == 2 and "n_shards" not in written and "stats" not in written  # wav fields only
+    assert dict(written["bad"])[str(src / "c" / "empty.wav")] == "empty file (0 bytes)"  # as the scan words it
 
     # Resume: finished outputs are skipped, a missing one is redone.
     (dst / "a" / "one.wav").unlink()
@@ -241,8 +243,9 @@ def test_cli_prepare_wav_and_logmel(source, tmp_path):
     src, _ = source
     runner = CliRunner()
     result = runner.invoke(main, ["prepare", "wav", str(src), str(tmp_path / "w"), "-j", "1", "--no-progress"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # as prepare task: some files could not be converted
     assert "6 done now" in result.output and "2 bad" in result.output and "corrupt.mp3" in result.output
+    assert "2 files could not be converted" in result.output
     result = runner.invoke(main, ["prepare", "logmel", str(tmp_path / "w"), str(tmp_path / "lm"), "n_mels=32",
                                   "--shard-size", "1000", "-j", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -279,3 +282,14 @@ def test_every_stage_runs_its_jobs_with_the_one_start_method(source, tmp_path, m
     finally:
         (src / "task.csv").unlink()
     assert runner.START_METHOD in ("forkserver", "spawn") and started == [runner.START_METHOD] * 3
+
+
+def test_progress_bars_stay_out_of_redirected_logs():
+    import sys
+
+    from audiorq.data.prepare.runner import progress_bar
+
+    bar = progress_bar(3, 0, "prepare wav", "file", True)
+    assert bar.disable == (not sys.stderr.isatty())  # tqdm disable=None: no carriage returns in a log file
+    bar.close()
+    assert progress_bar(3, 0, "prepare wav", "file", False).disable

@@ -28,6 +28,7 @@ from audiorq.probe import (
     task_norm_stats,
 )
 from audiorq.probe.embed import norm_stats_files
+from audiorq.probe.report import latest_summaries
 
 SHARED = Path(os.environ.get("AUDIORQ_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 FSDD = SHARED / "fsdd" / "recordings"
@@ -194,7 +195,10 @@ def test_probe_writes_rows_appends_and_reuses_cache(tones, tmp_path):
     assert first.rows[0]["n_train"] == 12 and first.rows[0]["n_valid"] == 6 and first.rows[0]["n_test"] == 6
     rows = read_scores(out / "scores.csv")
     assert len(rows) == 2 and rows[0]["task"] == "tones" and rows[0]["preset"] == "byola"
-    assert "74.1" in (out / "table.md").read_text()  # the paper's rows beside ours
+    table = (out / "table.md").read_text()
+    # A task outside the paper's six gets a table of its own: no empty paper cells, no "Avg" of "–".
+    assert "| Model | tones |\n|---|---|\n| random-d16-seed1 [byola] | " in table and "74.1" not in table
+    assert rows[0]["quick_look"] == ""
 
     # Second run: same encoder weights -> embeddings from the cache; a forward pass would raise.
     module, info = load_encoder("random:d=16,seed=1")
@@ -265,9 +269,22 @@ def test_format_table_puts_ours_beside_the_paper():
                {"model": "m", "preset": "byola", "task": "fsdd_digits", "mean": 0.5, "std": 0.0}]
     table = format_table(summary)
     lines = table.splitlines()
-    assert lines[0] == "| Model | NS | US8K | VC1 | VF | SPCV2/12 | SPCV2 | fsdd_digits | Avg |"
+    assert lines[0] == "| Model | NS | US8K | VC1 | VF | SPCV2/12 | SPCV2 | Avg |"
     assert lines[2].startswith("| BYOL-A (paper") and "| 92.2 |" in lines[2] and lines[2].endswith("77.8 |")
-    assert lines[4] == "| m [byola] | – | – | – | – | – | 91.2 ± 0.4 | 50.0 ± 0.0 | – |"
+    assert lines[4] == "| m [byola] | – | – | – | – | – | 91.2 ± 0.4 | – |"
+    # The stand-in task: a table of its own after the paper's, without paper rows or Avg.
+    assert lines[-3:] == ["| Model | fsdd_digits |", "|---|---|", "| m [byola] | 50.0 ± 0.0 |"]
+
+
+def test_quick_looks_are_marked_and_kept_apart_from_full_runs():
+    rows = [{"probe_id": pid, "model": "m", "preset": "byola", "task": "spcv2", "variant": "", "fold": "official",
+             "run": 0, "test_acc": acc, "quick_look": quick}
+            for pid, acc, quick in (("1", 0.9, ""), ("2", 0.5, "4"))]
+    latest = latest_summaries(rows)  # the later quick look does not replace the full run
+    assert sorted((s["quick_look"], s["mean"]) for s in latest if s["quick_look"]) == [(4, 0.5)]
+    table = format_table(latest)
+    assert "| m [byola] | – | – | – | – | – | 90.0 ± 0.0 | – |" in table
+    assert "| m [byola] (quick look: ≤4 per class) | – | – | – | – | – | 50.0 ± 0.0 | – |" in table
 
 
 def test_parse_task_data_forms(tmp_path):
@@ -282,6 +299,17 @@ def test_parse_task_data_forms(tmp_path):
         parse_task_data("vc1", str(yml))
     with pytest.raises(ProbeError, match="needs --data as a YAML"):
         parse_task_data("all", "/d/spc")
+    # Stand-ins: one shared data root serves several, and no --data means $AUDIORQ_SHARED_DATA.
+    assert parse_task_data("fsdd_digits,esc10", "/shared") == {"fsdd_digits": {"root": "/shared"},
+                                                             "esc10": {"root": "/shared"}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUDIORQ_SHARED_DATA", str(tmp_path))
+        assert parse_task_data("esc10", None) == {"esc10": {"root": str(tmp_path)}}
+        assert parse_task_data("esc10,fsdd_speakers", None)["fsdd_speakers"] == {"root": str(tmp_path)}
+        with pytest.raises(ProbeError, match=r"--data is required for task\(s\) us8k"):
+            parse_task_data("esc10,us8k", None)
+        with pytest.raises(ProbeError, match="--task all needs --data"):
+            parse_task_data("all", None)
 
 
 # ---------------------------------------------------------------------------------------------- real audio
@@ -332,9 +360,35 @@ def test_cli_probe_fsdd(tmp_path):
         "--max-per-class", "4", "--device", "cpu", "--out", str(tmp_path), "--no-progress",
     ])
     assert result.exit_code == 0, result.output
-    assert "| BYOL-A (paper" in result.output and "fsdd_digits" in result.output
+    assert "| BYOL-A (paper" not in result.output and "| Model | fsdd_digits |" in result.output
+    assert "logmel-mean+std+max [byola] (quick look: ≤4 per class)" in result.output
     with open(tmp_path / "scores.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 2
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {r["quick_look"] for r in rows} == {"4"}
+
+
+@pytest.mark.skipif(not FSDD.is_dir() or not _has_fsdd_reader(), reason="FSDD data or fsdd_digits reader absent")
+def test_cli_probe_stand_in_reads_the_shared_root_or_the_variable(tmp_path, monkeypatch):
+    from audiorq.cli import main
+
+    args = ["probe", "logmel", "--task", "fsdd_speakers", "--runs", "1", "--max-per-class", "2", "--device", "cpu",
+            "--out", str(tmp_path), "--no-progress", "--name", "pooled"]
+    root = CliRunner().invoke(main, [*args, "--data", str(SHARED)])  # the root that holds fsdd/
+    assert root.exit_code == 0, root.output
+    monkeypatch.setenv("AUDIORQ_SHARED_DATA", str(SHARED))
+    env = CliRunner().invoke(main, args)  # no --data: the variable
+    assert env.exit_code == 0, env.output
+    assert {r["model"] for r in read_scores(tmp_path / "scores.csv")} == {"pooled"}  # --name
+    wrong = CliRunner().invoke(main, [*args, "--data", str(tmp_path)])
+    assert wrong.exit_code == 2 and "shared data root" in wrong.output, wrong.output
+
+
+def test_probe_help_lists_every_task():
+    from audiorq.cli import main
+    from audiorq.data.tasks import TASKS
+
+    text = " ".join(CliRunner().invoke(main, ["probe", "--help"]).output.split())
+    assert all(name in text for name in TASKS)
 
 
 def test_cli_reports_missing_data_cleanly(tmp_path):
@@ -342,3 +396,20 @@ def test_cli_reports_missing_data_cleanly(tmp_path):
 
     result = CliRunner().invoke(main, ["probe", "logmel", "--task", "all", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "needs --data as a YAML" in result.output
+
+
+def test_a_run_folder_and_its_encoder_file_are_one_encoder(tmp_path):
+    run = tmp_path / "myrun"
+    run.mkdir()
+    torch.save(AudioNTT2020(n_mels=64, d=16).state_dict(), run / "encoder.pth")
+    (_, by_folder), (_, by_file) = load_encoder(str(run)), load_encoder(str(run / "encoder.pth"))
+    assert by_folder.name == by_file.name == "myrun" and by_folder.weights_hash == by_file.weights_hash
+    assert load_encoder(str(run), name="rq-small")[1].name == "rq-small"
+
+
+def test_embedding_bars_say_which_splits_and_crop(tones):
+    from audiorq.probe.embed import embed_label
+
+    assert embed_label(tones, "byola", "train") == "tones embed train+valid+test (random crop)"
+    assert embed_label(tones, "evar", "train") == "tones embed train+valid (random crop)"
+    assert embed_label(tones, "evar", "test") == "tones embed test (head crop)"

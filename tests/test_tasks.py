@@ -471,3 +471,17 @@ def test_esc10_five_folds_from_file_names():
         assert len(s.test) == 80 and len(s.train) == 320 and s.valid is None
         assert {Path(task.files[i]).name.split("-")[0] for i in s.test} == {str(k)}
     assert math.isclose(task.labels.mean(), 4.5)  # 40 clips per class
+
+
+@needs_fsdd
+@needs_esc10
+def test_stand_ins_read_the_shared_root_too():
+    root = shared_data_root()
+    for name, folder in (("fsdd_digits", FSDD), ("fsdd_speakers", FSDD), ("esc10", ESC10)):
+        assert load_task(name, root).files == load_task(name, folder).files
+
+
+def test_stand_in_errors_hint_at_the_folder(tmp_path):
+    for name in ("fsdd_digits", "esc10"):
+        with pytest.raises(TaskError, match=r"the shared data root that holds it .*AUDIORQ_SHARED_DATA"):
+            load_task(name, tmp_path)

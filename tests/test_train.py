@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ from audiorq.models import AudioNTT2020
 from audiorq.train import (
     BadDataError, ResumableSampler, RunDirError, Trainer, TrainingInterrupted, load_checkpoint, pretrain,
 )
+from audiorq.train.metrics import RunLogger, StepRecord, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 15200  # 0.95 s at 16 kHz -> 96 frames
@@ -163,6 +165,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path, straight_run):
     assert info.value.checkpoint == tmp_path / "b" / "checkpoint.pt"
     assert ckpt["step"] == 1 and ckpt["batch_in_epoch"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    summary = info.value.summary
+    assert (summary.reason, summary.step, summary.epochs_done) == ("interrupted", 1, 0)
+    assert "resume=auto" in summary.text() and (tmp_path / "b" / "loss.png").exists()
     resumed = pretrain(tiny_config(tmp_path / "b", "max_steps=3", "resume=auto"), dataset=ToyWaves())
     assert_states_equal(learner_state(straight_run), learner_state(resumed))
 
@@ -297,6 +302,89 @@ def test_cli_pretrain_on_real_audio_files_with_a_bad_one(tmp_path, shared_data):
     assert -20 < mean < 5 and 0.5 < std < 20  # log-mel statistics of real speech
     enc = AudioNTT2020(64, 32)
     enc.load_state_dict(torch.load(tmp_path / "run" / "encoder.pth", weights_only=True))
+    # The summary says why it stopped, where the encoder is and what to run next.
+    run = tmp_path / "run"
+    for text in ("pretraining stopped: max_steps=1 reached", f"encoder    {run / 'encoder.pth'}",
+                 f"audiorq probe {run} --task esc10", f"audiorq export {run} model.safetensors"):
+        assert text in result.output, text
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Running it again without resume=auto is refused with a clear message, exit code 2.
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "resume=auto" in again.output
+    # With resume=auto there is nothing left to do: it says so, exits 0 and leaves every file as it was.
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir() if p.is_file()}
+    done = CliRunner().invoke(main, [*args, "resume=auto"])
+    assert done.exit_code == 0 and f"nothing to do: {run} had already finished (1 of 1 steps)" in done.output
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir() if p.is_file()} == before
+
+
+# --- progress, summary, loss.png ---------------------------------------------------------------------------
+
+def record(step: int, epoch: int = 0, loss: float | None = 2.0) -> StepRecord:
+    return StepRecord(step=step, epoch=epoch, loss=loss, lr=1e-3, ema_decay=0.99, samples=8, data_time=0.01,
+                      step_time=0.1, seen=8 * step, skipped=0)
+
+
+def test_the_bar_counts_the_runs_steps_and_log_lines_go_above_it(tmp_path, capsys):
+    import logging
+
+    from audiorq.config import LogConfig
+    from audiorq.train.loop import _bar_safe_logging
+
+    # max_steps=24 in epochs of 93 steps: the bar's total is the run's 24 steps (resumed at 4), not 93.
+    logger = RunLogger(tmp_path / "m.jsonl", tmp_path / "tb", LogConfig(every_steps=5, tensorboard=False),
+                       epochs=100, steps_per_epoch=93, total_steps=24, start_step=4)
+    logger.start_epoch(0, 4)
+    with _bar_safe_logging(True):
+        for step in range(5, 25):
+            logger.after_step(record(step, loss=None if step == 9 else 2.0))  # a skipped batch makes no step
+            if step == 7:
+                logging.getLogger("audiorq.train.loop").warning("signal 2: saving a checkpoint after this step")
+    assert (logger.bar.n, logger.bar.total, logger.bar.desc) == (23, 24, "epoch 1/100")
+    logger.close()
+    err = capsys.readouterr().err
+    assert "23/24" in err and "/93" not in err
+    lines = re.split(r"[\r\n]", err)  # the warning has a line of its own, not the bar's
+    assert any(line.endswith("signal 2: saving a checkpoint after this step") for line in lines)
+    assert not any("step" in line.split("signal 2")[0] for line in lines if "signal 2" in line)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "m.jsonl")] == [1] * 5  # epochs numbered from 1
+
+
+def test_without_a_bar_each_interval_is_a_log_line(tmp_path, caplog):
+    from audiorq.config import LogConfig
+
+    logger = RunLogger(tmp_path / "m.jsonl", tmp_path / "tb", LogConfig(every_steps=2, tensorboard=False, progress=False),
+                       epochs=3, steps_per_epoch=2, total_steps=4)
+    with caplog.at_level("INFO", logger="audiorq.train.metrics"):
+        for epoch in range(2):
+            logger.start_epoch(epoch, 0)
+            for step in (2 * epoch + 1, 2 * epoch + 2):
+                logger.after_step(record(step, epoch, loss=float(step)))
+            logger.end_epoch(2 * epoch + 2)
+        logger.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(lines) == 2 and re.fullmatch(r"step 4/4 \(epoch 2/3\): loss 3\.5000, [\d.]+ samples/s, ETA 0:00:00", lines[1])
+    rows = read_metrics(tmp_path / "m.jsonl")
+    assert [(r.get("epoch"), r.get("epoch_end")) for r in rows] == [(1, None), (None, 1), (2, None), (None, 2)]
+
+
+def test_a_run_draws_loss_png_summarizes_and_resuming_a_finished_run_does_nothing(tmp_path, straight_run):
+    assert (straight_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = read_metrics(straight_run / "metrics.jsonl")
+    assert [(r.get("epoch"), r.get("epoch_end")) for r in rows] == [(1, None), (1, None), (None, 1), (2, None)]
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir() if p.is_file()}
+    trainer = Trainer(tiny_config(run, "max_steps=3", "resume=auto"), dataset=ToyWaves())
+    assert trainer.fit() == run
+    s = trainer.summary
+    assert (s.reason, s.step, s.start_step, s.total_steps, s.final_loss) == ("nothing_to_do", 3, 3, 3, rows[-1]["loss"])
+    assert f"nothing to do: {run} had already finished (3 of 3 steps)" in s.text()
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir() if p.is_file()} == before
+    # One more step: it trains, and the summary says max_steps stopped it after one step.
+    trainer = Trainer(tiny_config(run, "max_steps=4", "resume=auto"), dataset=ToyWaves())
+    trainer.fit()
+    s = trainer.summary
+    assert (s.reason, s.step, s.start_step, s.epochs_done) == ("max_steps", 4, 3, 2)
+    assert s.final_loss == read_metrics(run / "metrics.jsonl")[-1]["loss"]  # epoch 2's batches are all done
+    assert s.loss_plot == run / "loss.png" and "max_steps=4 reached" in s.text() and "loss curve" in s.text()

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,10 +23,13 @@ from torch import nn
 from audiorq import _make_callable
 from audiorq.atomic import atomic_write_text
 from audiorq.audio import AudioError, audio_info, load_audio, save_audio
-from audiorq.augment import AugmentationChain, MixupBYOLA, PrecomputedNorm, build_augmentation
+from audiorq.augment import (
+    AugmentationChain, MixupBYOLA, PrecomputedNorm, RandomizedQuantization, build_augmentation,
+)
 from audiorq.config import AugmentConfig, FrontendConfig, RQConfig, recipe_section
 from audiorq.device import resolve_device
 from audiorq.frontend import LogMelSpectrogram
+from audiorq.listen.compile_note import announce_kernel_compile
 from audiorq.listen.figures import FIGURE_DPI, draw_views, figure_size, frequency_ticks, mel_center_frequencies
 from audiorq.listen.invert import (
     SOLVERS, TOP_DB, InverseLogMel, InversionQuality, griffin_lim, invert_logmel, invert_with_quality,
@@ -36,7 +39,7 @@ from audiorq.listen.invert import (
 __all__ = [
     # pipeline
     "BUILTIN_AUGS", "MANIFEST", "MAX_SECONDS", "MIXUP_SOURCES", "ListenError", "ListenResult", "ListenView",
-    "build_listen_augmentation", "listen",
+    "build_listen_augmentation", "default_out_dir", "listen",
     # audiorq.listen.invert
     "SOLVERS", "TOP_DB", "InverseLogMel", "InversionQuality", "griffin_lim", "invert_logmel",
     "invert_with_quality", "logmel_error", "logmel_to_magnitude", "mel_to_power", "peak_mask",
@@ -80,6 +83,19 @@ def build_listen_augmentation(spec: str, bins: int = 5) -> tuple[str, nn.Module]
     if spec.endswith((".yaml", ".yml")):
         return _recipe_row_name(spec), build_augmentation(recipe_section(AugmentConfig, spec, "augment"))
     raise ListenError(f"unknown augmentation {spec!r}: use one of {', '.join(BUILTIN_AUGS)} or a RECIPE.yaml")
+
+
+def _row_name(spec: str) -> str:
+    """The name `build_listen_augmentation` gives a row, without building it."""
+    spec = spec.strip()
+    return _recipe_row_name(spec) if spec.endswith((".yaml", ".yml")) else spec
+
+
+def default_out_dir(path: str | os.PathLike, augs: Sequence[str] | str) -> Path:
+    """listen_<clip>_<aug names>: another augmentation of the same clip gets its own folder."""
+    if isinstance(augs, str):
+        augs = [a for a in augs.split(",") if a.strip()]
+    return Path("_".join(["listen", Path(path).stem, *(_row_name(a) for a in augs)]))
 
 
 def _recipe_row_name(path: str) -> str:
@@ -162,6 +178,7 @@ def listen(
     mixup_with: str | Sequence[str | os.PathLike] = "self",
     mixup_bank: int = 16,
     device: str | torch.device = "cpu",
+    announce: Callable[[str], None] | None = None,
 ) -> ListenResult:
     """Augment a clip's log-mel (1, 1, F, T) `views` times per augmentation, invert everything, write WAVs + a figure.
 
@@ -173,6 +190,8 @@ def listen(
     (each looped/cut to the clip's length). The same `seed` gives the same views on the same device, and
     each aug's views do not depend on which other augs are listed. A file longer than MAX_SECONDS is cut
     to that unless `duration` is given. `device` is cpu, cuda, cuda:N or auto (see docs/architecture.md).
+    An identity row (`none`) writes one view whatever `views` says (its views would be identical), with a
+    note. `announce` gets a line before slow one-off work (the RQ kernel's first compilation).
     Refuses to write into a folder holding listen outputs unless `overwrite`. Raises AudioError (bad
     audio), ConfigError (bad recipe, bins or device) or ListenError (bad options); all are ValueErrors.
     """
@@ -191,11 +210,15 @@ def listen(
     if len(set(names)) != len(names):
         raise ListenError(f"augmentations named twice: {', '.join(names)}")
 
+    notes: list[str] = []
+    counts = {name: 1 if _is_identity(module) else views for name, module in rows}
+    identical = [name for name in names if counts[name] < views]
+    if identical:
+        notes.append(f"{', '.join(identical)}: one view written (its {views} views would be identical)")
     out_dir = Path(out_dir)
-    plan = _output_names(names, views)
+    plan = _output_names(names, counts)
     _refuse_overwrite(out_dir, plan, overwrite)
 
-    notes: list[str] = []
     wave, start, duration = _load_clip(path, frontend.sample_rate, start, duration, notes)
     wave = wave.to(device)
     logmel = frontend(wave)  # (1, 1, F, T)
@@ -206,6 +229,8 @@ def listen(
     norm = PrecomputedNorm(mean, std)
     normalized = norm(logmel)
     augmented: dict[str, torch.Tensor] = {}
+    if announce is not None and device.type == "cpu" and _uses_rq(rows):
+        announce_kernel_compile(announce)
     for name, module in rows:
         module = module.to(device)
         # A fresh generator per row: a row's views do not depend on which rows come before it.
@@ -216,7 +241,7 @@ def listen(
             for mixup in mixups:
                 mixup.reset()
                 mixup(bank)  # an empty bank passes its input through and stores it; no random draws
-        augmented[name] = _augment(module, logmel, normalized, mean, std, views, generator)
+        augmented[name] = _augment(module, logmel, normalized, mean, std, counts[name], generator)
 
     batch = torch.cat([logmel] + [augmented[n] for n in names])
     with torch.no_grad():
@@ -224,7 +249,7 @@ def listen(
     mask = peak_mask(logmel)
     changes = [
         float(((augmented[n] - logmel).abs() * mask).sum(dim=(-2, -1)).squeeze(1)[i] / mask.sum())
-        for n in names for i in range(views)
+        for n in names for i in range(counts[n])
     ]
     waves = _match_loudness(waves, notes)
 
@@ -232,14 +257,15 @@ def listen(
     original_path = out_dir / plan["original"]
     save_audio(original_path, waves[0], frontend.sample_rate)
     view_results = []
-    for k, (name, i) in enumerate((n, i) for n in names for i in range(views)):
+    for k, (name, i) in enumerate((n, i) for n in names for i in range(counts[n])):
         p = out_dir / plan["views"][name][i]
         save_audio(p, waves[1 + k], frontend.sample_rate)
         view_results.append(ListenView(name, i + 1, p, quality[1 + k], changes[k]))
 
     figure_path = out_dir / plan["figure"]
     title = f"{Path(path).name}  [{start:.2f} s, {start + duration:.2f} s)  seed {seed}"
-    draw_views(logmel[0, 0], {n: augmented[n][:, 0] for n in names}, frontend, figure_path, title=title)
+    draw_views(logmel[0, 0], {n: augmented[n][:, 0] for n in names}, frontend, figure_path, title=title,
+               start=start)
 
     result = ListenResult(
         out_dir=out_dir, original=original_path, original_quality=quality[0], views=view_results,
@@ -290,14 +316,20 @@ def _match_loudness(waves: torch.Tensor, notes: list[str]) -> torch.Tensor:
     return waves
 
 
-def _output_names(names: list[str], views: int) -> dict:
+def _uses_rq(rows: list[tuple[str, nn.Module]]) -> bool:
+    """Whether any row runs randomized quantization (the only numba-compiled step)."""
+    return any(isinstance(m, RandomizedQuantization) for _, module in rows for m in module.modules())
+
+
+def _output_names(names: list[str], counts: dict[str, int]) -> dict:
     """File names for each output: view{i}.wav with one aug, {aug}_view{i}.wav with several."""
     single = len(names) == 1
     return {
         "original": "original.wav",
         "figure": "views.png",
         "manifest": MANIFEST,
-        "views": {n: [f"view{i + 1}.wav" if single else f"{n}_view{i + 1}.wav" for i in range(views)] for n in names},
+        "views": {n: [f"view{i + 1}.wav" if single else f"{n}_view{i + 1}.wav" for i in range(counts[n])]
+                  for n in names},
     }
 
 
@@ -313,7 +345,7 @@ def _refuse_overwrite(out_dir: Path, plan: dict, overwrite: bool) -> None:
     if existing:
         shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
         raise ListenError(
-            f"{out_dir} already holds listen outputs ({shown}); pass --overwrite (overwrite=True) or another --out"
+            f"{out_dir} already holds listen outputs ({shown}); pass --overwrite to replace them, or another --out"
         )
 
 
@@ -323,6 +355,10 @@ def _load_clip(
     info = audio_info(path)  # AudioError for a missing or unreadable file
     if info.frames == 0:
         raise AudioError(path, "empty audio (0 samples)")
+    if info.sample_rate < sample_rate:
+        # Upsampling adds no content: the log-mel above the file's Nyquist frequency stays empty.
+        notes.append(f"{Path(path).name} is {info.sample_rate} Hz: upsampled to {sample_rate} Hz, so nothing "
+                     f"above {info.sample_rate // 2} Hz is in the original or its views")
     if duration is None and info.duration - start > MAX_SECONDS:
         duration = MAX_SECONDS
         notes.append(

@@ -50,12 +50,12 @@ def figure_size(n_rows: int, n_cols: int) -> tuple[float, float]:
 
 def draw_views(
     original: torch.Tensor, rows: dict[str, torch.Tensor], frontend: LogMelSpectrogram,
-    path: str | os.PathLike, title: str | None = None,
+    path: str | os.PathLike, title: str | None = None, start: float = 0.0,
 ) -> None:
     """PNG of log-mel spectrograms: each row the original (F, T) then the views (V, F, T); shared colour scale.
 
-    Time axis in seconds, frequency axis the mel bins labelled in Hz. Written atomically, size
-    `figure_size(len(rows), 1 + V)` at FIGURE_DPI.
+    Time axis in seconds of the file (the span begins at `start`), frequency axis the mel bins labelled
+    in Hz. Written atomically, size `figure_size(len(rows), 1 + V)` at FIGURE_DPI.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -91,7 +91,7 @@ def draw_views(
             label, spec = panels[c]
             image = ax.imshow(
                 spec.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
-                extent=(0.0, seconds, -0.5, n_freq - 0.5), interpolation="nearest",
+                extent=(start, start + seconds, -0.5, n_freq - 0.5), interpolation="nearest",
             )
             ax.set_title(label, fontsize=9)
             if c == 0:

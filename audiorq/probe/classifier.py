@@ -140,6 +140,7 @@ def train_linear_classifier(
     valid_fraction: float = 0.1,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    desc: str | None = None,
 ) -> list[ClassifierRun]:
     """Train one linear classifier per seed on embeddings x (N, d) with int labels y (N,).
 
@@ -195,8 +196,9 @@ def train_linear_classifier(
     epochs_run = torch.zeros(runs, dtype=torch.long)
     history: list[torch.Tensor] = []
 
-    bar = tqdm(range(1, max_epochs + 1), desc=f"linear classifier ({runs} runs)", unit="epoch",
-               disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal, so redirected logs get no escape codes.
+    bar = tqdm(range(1, max_epochs + 1), desc=f"{desc or 'linear classifier'} ({runs} runs)", unit="epoch",
+               disable=None if progress else True, leave=False)
     for epoch in bar:
         order = torch.stack([fit_idx[r][torch.randperm(n_fit, generator=g)] for r, g in enumerate(shufflers)])
         order = order.to(device, non_blocking=True)

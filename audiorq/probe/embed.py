@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from audiorq.atomic import atomic_torch_save, atomic_write_text
 from audiorq.audio import AudioError, load_audio, pad_or_crop, printable_path
 from audiorq.config import SAMPLE_RATE, to_dict
+from audiorq.data.pretrain.scan import unusable_reason
 from audiorq.data.tasks import Split, Task, restrict_task, task_fingerprint
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.probe.encoders import EncoderInfo
@@ -74,7 +75,7 @@ class ClipDataset(torch.utils.data.Dataset):
         try:
             return k, self[k], ""
         except AudioError as e:
-            return k, None, e.reason
+            return k, None, unusable_reason(e)
 
 
 class _Items(torch.utils.data.Dataset):
@@ -110,6 +111,16 @@ def _batches(dataset: ClipDataset, batch_size: int, workers: int, device: torch.
             bad[k] = reason
         if wave is not None:
             yield wave.to(device, non_blocking=True)
+
+
+def embed_label(task: Task, policy: str, role: str) -> str:
+    """A progress label that says what is embedded: the task, the splits served and the crop."""
+    splits = [n for n in ("train", "valid", "test")
+              if crop_role(policy, n) == role and any(getattr(s, n) is not None for s in task.splits)]
+    if len(task.splits) > 1:
+        splits = ["all folds"]
+    crop = "head crop" if role == "test" else "random crop"
+    return f"{task.name} embed {'+'.join(splits)} ({crop})"
 
 
 def crop_role(policy: str, split: str) -> str:
@@ -153,7 +164,8 @@ def task_norm_stats(
     total = torch.zeros((), dtype=torch.float64, device=device)
     total_sq = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    bar = tqdm(total=len(dataset), desc=f"{task.name} norm stats", unit="clip", disable=not progress, leave=False)
+    bar = tqdm(total=len(dataset), desc=f"{task.name} norm stats", unit="clip", disable=None if progress else True,
+               leave=False)
     bad: dict[int, str] | None = {} if skip_bad else None
     for wave in _batches(dataset, config.embed_batch_size, workers, device, bad):
         lms = frontend(wave).double()
@@ -296,7 +308,8 @@ def embed_clips(
     frontend = frontend.to(device)
     encoder.eval()
     out = []
-    bar = tqdm(total=len(dataset), desc=desc, unit="clip", disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal, so redirected logs get no escape codes.
+    bar = tqdm(total=len(dataset), desc=desc, unit="clip", disable=None if progress else True, leave=False)
     for wave in _batches(dataset, batch_size, workers, device, bad):
         lms = (frontend(wave) - norm_mean) / norm_std
         out.append(encoder(lms).float().cpu())
@@ -354,7 +367,7 @@ def embed_task(
         failed: dict[int, str] | None = {} if skip_bad else None
         emb = embed_clips(
             encoder, frontend, dataset, mean, std, config.embed_batch_size, device, workers, progress,
-            desc=f"{task.name} embed ({role} crops)", bad=failed,
+            desc=embed_label(task, config.pad_crop, role), bad=failed,
         )
         ok = np.ones(len(idx), dtype=bool)
         for k, reason in (failed or {}).items():

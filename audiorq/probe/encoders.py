@@ -21,7 +21,7 @@ from torch import nn
 
 from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict, to_dict
 from audiorq.models.ntt import AudioNTT2020
-from audiorq.runs import RunFileError, read_encoder_file
+from audiorq.runs import CHECKPOINT_FILE, ENCODER_FILE, RunFileError, read_encoder_file
 
 POOLED_STATS = ("mean", "std", "max", "min")
 
@@ -97,7 +97,8 @@ def load_encoder(
 
     Returns the module (log-mel (B, 1, n_mels, T) -> (B, d)) and its `EncoderInfo`.
     `frontend_overrides` are ``key=value`` changes to the frontend it expects (e.g. ``mel_scale=htk`` for
-    a BYOL-A v1 model trained on torchaudio's HTK filters).
+    a BYOL-A v1 model trained on torchaudio's HTK filters). `name` replaces the display name in results
+    (default: the run folder's name for its checkpoint.pt / encoder.pth, else folder-stem, or the baseline's).
     """
     spec = str(spec)
     base, _, options = spec.partition(":")
@@ -190,7 +191,11 @@ def _file_encoder(path: Path) -> tuple[nn.Module, EncoderInfo]:
             frontend = from_dict(FrontendConfig, found.config["frontend"], "frontend.")
         except ConfigError as e:
             raise EncoderError(f"{path}: bad frontend section in the checkpoint config: {e}") from None
-    name = f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
+    if path.name in (CHECKPOINT_FILE, ENCODER_FILE) and path.parent.name:
+        # A run folder's two files hold one encoder: both are named after the run, so they make one table row.
+        name = path.parent.name
+    else:
+        name = f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
     info = EncoderInfo(
         name=name, kind=found.kind, d=d, n_mels=n_mels, frontend=frontend, weights_hash=state_dict_hash(state),
         source=str(path),

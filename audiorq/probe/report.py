@@ -25,20 +25,32 @@ PAPER_TABLE9 = {
 SCORE_FIELDS = [
     "probe_id", "time", "model", "ckpt", "encoder_hash", "d", "preset", "task", "variant", "unit_sec", "fold",
     "run", "seed", "lr", "best_epoch", "epochs", "val_acc", "test_acc", "n_train", "n_valid", "n_test",
-    "n_classes", "norm_mean", "norm_std", "device",
+    "n_classes", "norm_mean", "norm_std", "device", "quick_look",
 ]
+# quick_look: the --max-per-class cap of a quick-look row (a per-class subset, not a reportable number);
+# empty for a full evaluation, and in rows written before the column existed.
+
+
+def quick_look_of(row: dict) -> int | None:
+    """The per-class cap a row was computed with, or None for a full evaluation."""
+    value = row.get("quick_look")
+    return int(value) if value not in (None, "", "0") else None
+
+
+def _label(model: str, preset: str, quick: int | None) -> str:
+    return f"{model} [{preset}]" + (f" (quick look: ≤{quick} per class)" if quick else "")
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (probe_id, model, preset, task): score of each run = mean over folds; mean and std (ddof 0) over runs.
 
-    Returns dicts with model, preset, task, variant, mean, std (fractions), runs, folds, probe_id.
+    Returns dicts with model, preset, task, variant, mean, std (fractions), runs, folds, probe_id, quick_look.
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["probe_id"], row["model"], row["preset"], row["task"])].append(row)
+        groups[(row["probe_id"], row["model"], row["preset"], row["task"], quick_look_of(row))].append(row)
     out = []
-    for (probe_id, model, preset, task), group in groups.items():
+    for (probe_id, model, preset, task, quick), group in groups.items():
         per_run: dict[str, list[float]] = defaultdict(list)
         for row in group:
             per_run[str(row["run"])].append(float(row["test_acc"]))
@@ -46,42 +58,63 @@ def summarize(rows: list[dict]) -> list[dict]:
         out.append({
             "probe_id": probe_id, "model": model, "preset": preset, "task": task, "variant": group[0]["variant"],
             "mean": float(scores.mean()), "std": float(scores.std()), "runs": len(scores),
-            "folds": len({str(r["fold"]) for r in group}),
+            "folds": len({str(r["fold"]) for r in group}), "quick_look": quick,
         })
     return out
 
 
 def latest_summaries(rows: list[dict]) -> list[dict]:
-    """`summarize`, keeping for each (model, preset, task) only its latest probe invocation."""
+    """`summarize`, keeping for each (model, preset, task, quick look or not) only its latest probe invocation."""
     latest: dict[tuple, dict] = {}
     for s in summarize(rows):  # probe ids sort by time
-        key = (s["model"], s["preset"], s["task"])
+        # A quick look never hides the full evaluation of the same model and task, nor the other way round.
+        key = (s["model"], s["preset"], s["task"], s.get("quick_look"))
         if key not in latest or s["probe_id"] > latest[key]["probe_id"]:
             latest[key] = s
     return list(latest.values())
 
 
 def format_table(summaries: list[dict], paper: bool = True) -> str:
-    """Markdown table: the paper's Table 9 rows (optional), then one row per (model, preset), accuracy in %
-    as mean ± std; columns are the paper's six tasks in order, then any other task; Avg over the six."""
+    """Markdown: the paper-task table (the paper's Table 9 rows when `paper`, then one row per (model, preset),
+    mean ± std in %, Avg over the six), then the other tasks (stand-ins, csv) in a table of their own."""
+    ours = [s for s in summaries if s["task"] in PAPER_TASKS]
+    others = [s for s in summaries if s["task"] not in PAPER_TASKS]
+    parts = []
+    if ours or not others:
+        parts.append(_paper_table(ours, paper))
+    if others:
+        parts.append("Other tasks (development stand-ins and csv tasks; not in the paper's table):\n\n"
+                     + _task_table(others, sorted({s["task"] for s in others}), avg=False))
+    return "\n".join(parts)
+
+
+def _paper_table(summaries: list[dict], paper: bool) -> str:
     tasks = [t for t in PAPER_TASKS if paper or any(s["task"] == t for s in summaries)]
-    tasks += sorted({s["task"] for s in summaries} - set(PAPER_TASKS))
-    header = ["Model", *(TASK_COLUMNS.get(t, t) for t in tasks), "Avg"]
+    text = _task_table(summaries, tasks, avg=True)
+    if not paper:
+        return text
+    lines = text.splitlines()
+    rows = []
+    for name, scores in PAPER_TABLE9.items():
+        cells = [f"{scores[t]:.1f}" if t in scores else "" for t in tasks]
+        rows.append("| " + " | ".join([name, *cells, f"{scores['avg']:.1f}"]) + " |")
+    return "\n".join(lines[:2] + rows + lines[2:]) + "\n"
+
+
+def _task_table(summaries: list[dict], tasks: list[str], avg: bool) -> str:
+    header = ["Model", *(TASK_COLUMNS.get(t, t) for t in tasks)] + (["Avg"] if avg else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    if paper:
-        for name, scores in PAPER_TABLE9.items():
-            cells = [f"{scores[t]:.1f}" if t in scores else "" for t in tasks]
-            lines.append("| " + " | ".join([name, *cells, f"{scores['avg']:.1f}"]) + " |")
     by_model: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for s in summaries:
-        by_model[(s["model"], s["preset"])][s["task"]] = s
-    for (model, preset), scores in by_model.items():
+        by_model[(s["model"], s["preset"], s.get("quick_look"))][s["task"]] = s
+    for (model, preset, quick), scores in by_model.items():
         cells = [
             f"{100 * scores[t]['mean']:.1f} ± {100 * scores[t]['std']:.1f}" if t in scores else "–" for t in tasks
         ]
-        have_all = all(t in scores for t in PAPER_TASKS)
-        avg = f"{100 * np.mean([scores[t]['mean'] for t in PAPER_TASKS]):.1f}" if have_all else "–"
-        lines.append("| " + " | ".join([f"{model} [{preset}]", *cells, avg]) + " |")
+        if avg:
+            have_all = all(t in scores for t in PAPER_TASKS)
+            cells.append(f"{100 * np.mean([scores[t]['mean'] for t in PAPER_TASKS]):.1f}" if have_all else "–")
+        lines.append("| " + " | ".join([_label(model, preset, quick), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,7 +140,8 @@ def write_results(rows: list[dict], out_dir: str | os.PathLike) -> tuple[Path, P
         text = (
             "# Linear-probe accuracy (%), mean ± std over classifier runs\n\n"
             "Paper rows: RQ paper Table 9 (BYOL-A protocol). Ours: the latest run per model/preset/task in "
-            "scores.csv.\n\n" + format_table(latest_summaries(read_scores(scores)))
+            "scores.csv. Rows marked quick look used --max-per-class (a per-class subset): not reportable "
+            "numbers.\n\n" + format_table(latest_summaries(read_scores(scores)))
         )
         atomic_write_text(table, text)
     return scores, table

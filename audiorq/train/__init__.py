@@ -2,7 +2,8 @@
 
 Modules, one job each: `build` (everything made from the config before the first step), `loop` (the
 step and the training loop), `state` (checkpoint state and resume checks), `metrics` (progress bar,
-metrics.jsonl, TensorBoard), `distributed` (process group glue), `schedules` (pure functions of the step).
+metrics.jsonl, TensorBoard), `summary` (the end-of-run report), `distributed` (process group glue),
+`schedules` (pure functions of the step).
 The run folder's files belong to `audiorq.runs`.
 
 Multi-GPU / multi-node: launch the same command with `torchrun`; the process group is read from the
@@ -21,6 +22,7 @@ from audiorq.runs import load_checkpoint
 from audiorq.train.build import TrainingParts, ViewMaker, build_dataset, build_optimizer, build_training
 from audiorq.train.loop import BadDataError, Trainer, TrainingInterrupted, make_loader, pretrain, train_step
 from audiorq.train.state import RunDirError
+from audiorq.train.summary import RunSummary
 
 
 def load_pretrain_config(recipe: str | os.PathLike | None,
@@ -33,7 +35,8 @@ def load_pretrain_config(recipe: str | os.PathLike | None,
 
 
 __all__ = [
-    "BadDataError", "FileWriteError", "PretrainConfig", "ResumableSampler", "RunDirError", "Trainer", "TrainingInterrupted",
+    "BadDataError", "FileWriteError", "PretrainConfig", "ResumableSampler", "RunDirError", "RunSummary", "Trainer",
+    "TrainingInterrupted",
     "TrainingParts", "ViewMaker", "build_dataset", "build_optimizer", "build_training", "load_checkpoint",
     "load_pretrain_config", "make_loader", "pretrain", "train_step",
 ]

@@ -229,7 +229,8 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
     if ckpt is not None:
         progress = restore_checkpoint(ckpt, learner, optimizer, scaler, augment, aug_generator, ctx, device, cfg.seed)
         if ctx.is_main:
-            log.info("resumed from %s at epoch %d, step %d", source, progress.epoch, progress.step)
+            log.info("resumed from %s at step %d (%d of %d epochs finished)", source, progress.step, progress.epoch,
+                     cfg.epochs)
 
     model: nn.Module = learner
     if ctx.distributed:

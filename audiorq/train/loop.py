@@ -4,17 +4,21 @@ Per step (docs/architecture.md): DataLoader workers decode only the cropped span
 log-mel shard crop); on the training device, in batches, `ViewMaker` computes log-mel, pre-norm, the
 augment chain twice and post-norm; `train_step` takes the BYOL loss, steps the optimizer and moves the EMA
 target. Ctrl-C / SIGTERM finish the current step, save a checkpoint and raise `TrainingInterrupted`.
+At checkpoints rank 0 also redraws the run's loss.png (at most every PLOT_EVERY_S seconds, and always at the
+last one); at the end `Trainer.summary` says what happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -25,10 +29,14 @@ from audiorq.data.pretrain import collate_skipping
 from audiorq.runs import save_checkpoint
 from audiorq.train.build import TrainingParts, build_training
 from audiorq.train.distributed import agree_any, gather_objects
-from audiorq.train.metrics import RunLogger, StepRecord, cut_metrics
+from audiorq.train.metrics import RunLogger, StepRecord, cut_metrics, read_metrics
 from audiorq.train.state import make_checkpoint, rng_state
+from audiorq.train.summary import EPOCHS_DONE, INTERRUPTED, MAX_STEPS, NOTHING_TO_DO, RunSummary
 
 log = logging.getLogger(__name__)
+
+# loss.png is redrawn at a checkpoint at most this often (drawing costs ~0.2 s), and always at the session's last.
+PLOT_EVERY_S = 30.0
 
 
 class BadDataError(RuntimeError):
@@ -38,8 +46,8 @@ class BadDataError(RuntimeError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by SIGINT/SIGTERM after saving a checkpoint (`.checkpoint`)."""
 
-    def __init__(self, checkpoint: Path | None):
-        self.checkpoint = checkpoint
+    def __init__(self, checkpoint: Path | None, summary: RunSummary | None = None):
+        self.checkpoint, self.summary = checkpoint, summary
         super().__init__(f"training interrupted; checkpoint saved at {checkpoint}")
 
 
@@ -78,7 +86,8 @@ class Trainer:
     """One pretraining run: `fit()` trains (resuming if configured) and returns the run folder.
 
     `dataset` replaces the one `cfg.data` describes (see `build_training`). After `fit()`, `parts` holds
-    what was trained (learner, optimizer, resolved config, progress).
+    what was trained (learner, optimizer, resolved config, progress) and `summary` what happened (a
+    `RunSummary`; also on the `TrainingInterrupted` a Ctrl-C raises).
     """
 
     def __init__(self, cfg: PretrainConfig, dataset: Dataset | None = None):
@@ -89,6 +98,10 @@ class Trainer:
         self._stop_signal: int | None = None
         self._logger: RunLogger | None = None
         self._pid = os.getpid()
+        self.summary: RunSummary | None = None
+        self._started, self._start_step = time.perf_counter(), 0  # when and at which step this session's loop began
+        self._loss_plot: Path | None = None  # the last loss.png drawn
+        self._plot_failed, self._last_plot = False, time.perf_counter()
 
     def fit(self) -> Path:
         """Train to `epochs` (or `max_steps`), checkpointing each epoch; returns the run folder."""
@@ -100,10 +113,22 @@ class Trainer:
         failed = False
         try:
             self.parts = p = build_training(self.cfg, self.dataset)
+            self._start_step = p.progress.step
+            if self._finished(p):
+                # Resuming a finished run: say so and touch nothing (no config rewrite, no new event file).
+                self.summary = self._summarize(p, NOTHING_TO_DO, None)
+                return self.run_dir
             if p.ctx.is_main:
                 logger = self._open_run_folder(p)
             self._logger = logger
-            self._loop(p, logger)
+            self._started = time.perf_counter()
+            with _bar_safe_logging(p.ctx.is_main and p.cfg.log.progress):
+                reason = self._loop(p, logger)
+            self.summary = self._summarize(p, reason, logger.last_loss if logger else None)
+        except TrainingInterrupted as e:
+            failed = True
+            e.summary = self.summary = self._summarize(self.parts, INTERRUPTED, logger.last_loss if logger else None)
+            raise
         except BaseException:
             failed = True
             raise
@@ -131,8 +156,11 @@ class Trainer:
         return RunLogger(p.run.metrics, p.run.tensorboard, p.cfg.log, p.cfg.epochs, p.steps_per_epoch,
                          p.total_steps, start_step=p.progress.step, history=history)
 
-    def save_checkpoint(self) -> Path:
-        """Write checkpoint.pt and encoder.pth (rank 0); every rank contributes its RNG state."""
+    def save_checkpoint(self, last: bool = False) -> Path:
+        """Write checkpoint.pt and encoder.pth (rank 0); every rank contributes its RNG state.
+
+        `last`: this session's final checkpoint, after which loss.png is always redrawn.
+        """
         p = self.parts
         if self._logger is not None:
             self._logger.flush()  # the rows up to this step are on disk before the checkpoint that covers them
@@ -140,7 +168,42 @@ class Trainer:
         if p.ctx.is_main:
             save_checkpoint(p.run, make_checkpoint(p.learner, p.optimizer, p.scaler, p.views.augment, p.progress, rng,
                                                    p.norm_stats, p.cfg))
+            if last or time.perf_counter() - self._last_plot >= PLOT_EVERY_S:
+                self._draw_loss_plot(p)
         return p.run.checkpoint
+
+    def _draw_loss_plot(self, p: TrainingParts) -> None:
+        """Redraw loss.png from metrics.jsonl; a figure that fails only warns (once): training goes on."""
+        try:
+            from audiorq.plots import plot_run
+
+            self._loss_plot = plot_run(p.run.path)
+            self._last_plot = time.perf_counter()
+        except Exception as e:  # noqa: BLE001 (matplotlib, a font, the disk: none of them may stop a run)
+            if not self._plot_failed:
+                log.warning("could not draw %s: %s (training goes on)", p.run.loss_plot, e)
+            self._plot_failed, self._loss_plot = True, None
+
+    @staticmethod
+    def _finished(p: TrainingParts) -> bool:
+        """Whether the (resumed) run has nothing left to do: every epoch, or max_steps, done."""
+        prog, cfg = p.progress, p.cfg
+        return p.resumed_from is not None and (prog.epoch >= cfg.epochs or bool(cfg.max_steps and prog.step >= cfg.max_steps))
+
+    def _summarize(self, p: TrainingParts, reason: str, final_loss: float | None) -> RunSummary:
+        """The RunSummary of this session (`final_loss`: rank 0's last logged interval, else metrics.jsonl's)."""
+        prog = p.progress
+        if final_loss is None and p.ctx.is_main:  # no interval logged in this session (stopped at once)
+            final_loss = _last_loss(p.run.metrics)
+        return RunSummary(
+            run_dir=self.run_dir, reason=reason, step=prog.step, start_step=self._start_step,
+            # An epoch whose batches are all done counts, though max_steps stopped the run before closing it.
+            total_steps=p.total_steps, epochs_done=prog.epoch + (prog.batch_in_epoch >= p.steps_per_epoch),
+            epochs=p.cfg.epochs, max_steps=p.cfg.max_steps,
+            seconds=0.0 if reason == NOTHING_TO_DO else time.perf_counter() - self._started,
+            final_loss=final_loss, encoder=p.run.encoder, checkpoint=p.run.checkpoint,
+            loss_plot=self._loss_plot if reason != NOTHING_TO_DO else (p.run.loss_plot if p.run.loss_plot.exists() else None),
+        )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker inherited this handler: the main loop decides
@@ -151,7 +214,8 @@ class Trainer:
         if self.parts is None or self.parts.ctx.is_main:
             log.warning("signal %d: saving a checkpoint after this step (press Ctrl-C again to abort)", signum)
 
-    def _loop(self, p: TrainingParts, logger: RunLogger | None) -> None:
+    def _loop(self, p: TrainingParts, logger: RunLogger | None) -> str:
+        """Train until the run is over; returns why it stopped (EPOCHS_DONE or MAX_STEPS)."""
         cfg, prog = p.cfg, p.progress
         p.learner.train()
         p.views.augment.train()
@@ -191,7 +255,7 @@ class Trainer:
                         f"{cfg.data.source or '(dataset object)'}; the warnings above name the files"
                     )
                 if stop:
-                    raise TrainingInterrupted(self.save_checkpoint())
+                    raise TrainingInterrupted(self.save_checkpoint(last=True))
                 loss = None
                 if not not_ok:
                     view1, view2 = p.views(batch.to(p.device, non_blocking=True), generator=p.aug_generator)
@@ -208,15 +272,51 @@ class Trainer:
                 if cfg.checkpoint_every_steps and not not_ok and prog.step % cfg.checkpoint_every_steps == 0:
                     self.save_checkpoint()
                 if cfg.max_steps and prog.step >= cfg.max_steps:
-                    self.save_checkpoint()
-                    return
+                    self.save_checkpoint(last=True)
+                    return MAX_STEPS
             prog.epoch += 1
             prog.batch_in_epoch = 0
             if logger is not None:
                 logger.end_epoch(prog.step)
-            self.save_checkpoint()
+            self.save_checkpoint(last=prog.epoch >= cfg.epochs)
+        return MAX_STEPS if cfg.max_steps and prog.step >= cfg.max_steps else EPOCHS_DONE
+
+
+@contextlib.contextmanager
+def _bar_safe_logging(bar: bool) -> Iterator[None]:
+    """While a progress bar is shown, console log lines go through tqdm.write, above the bar, not onto it."""
+    if not bar:
+        yield
+        return
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    root = logging.getLogger()
+    levels = [h.level for h in root.handlers if _is_console(h)]
+    with logging_redirect_tqdm(tqdm_class=tqdm):
+        # tqdm's handler copies the console handler's format and filters but not its level: keep that too.
+        for handler in root.handlers[-1:]:
+            handler.setLevel(levels[0] if levels else logging.WARNING)  # no console handler: as Python's last resort
+        yield
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (sys.stdout, sys.stderr)
+
+
+def _last_loss(metrics: Path) -> float | None:
+    """The loss of a metrics.jsonl's last interval row (None if it has none)."""
+    rows = [r for r in read_metrics(metrics) if "epoch_end" not in r]
+    return float(rows[-1]["loss"]) if rows else None
 
 
 def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None) -> Path:
-    """Run (or resume) BYOL pretraining as `cfg` says; returns the run folder (checkpoint.pt, encoder.pth, ...)."""
-    return Trainer(cfg, dataset=dataset).fit()
+    """Run (or resume) BYOL pretraining as `cfg` says; returns the run folder (checkpoint.pt, encoder.pth, ...).
+
+    The end-of-run summary is logged (INFO, rank 0); `Trainer(cfg).fit()` then `.summary` gives it as a record.
+    """
+    trainer = Trainer(cfg, dataset=dataset)
+    run_dir = trainer.fit()
+    if trainer.summary is not None and (trainer.parts is None or trainer.parts.ctx.is_main):
+        log.info("%s", trainer.summary.one_line())
+    return run_dir

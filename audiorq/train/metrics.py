@@ -2,10 +2,20 @@
 
 `RunLogger` takes plain numbers from the loop; it never reads the trainer. The loss stays a device tensor
 until an interval is flushed, so logging costs one host sync per `log.every_steps` steps, not one per step.
+One progress bar covers the whole run (steps done of the run's total, its ETA, the epoch in the description);
+with `log.progress=false` each interval is an INFO log line instead.
 
 metrics.jsonl rows: every interval {"step", "epoch", "loss", "lr", "ema_decay", "samples_per_s", "data_time_s",
-"step_time_s", "data_share", "skipped", "seen", "eta_s", "time"}; at each epoch end {"epoch_end" (epochs
-finished, 1-based), "step", "loss" (epoch mean), "time"}.
+"step_time_s", "data_share", "skipped", "seen", "eta_s", "time"}; at each epoch end {"epoch_end", "step",
+"loss" (epoch mean), "time"}.
+
+Epochs are numbered from 1 everywhere a person reads them: the bar, the log lines and metrics.jsonl. An
+interval row's "epoch" is the epoch its last step belongs to (1 = the first epoch); "epoch_end" is the
+number of the epoch that ended, which is also the number of epochs finished. (Checkpoints keep their own
+0-based counter, `Progress.epoch`.) Older files (audiorq 0.1.0, such as tests/fixtures/run_v0_1) numbered
+interval rows from 0. The first epoch always has an interval row, so a file with an interval row of epoch 0
+is such a file: `read_rows` adds 1 to its interval epochs, and `cut_metrics` rewrites it that way when a run
+resumes it (so old and new rows never mix).
 
 Intervals end at every multiple of `log.every_steps`, at each checkpoint and at each epoch end, and a row is
 written only for an interval with at least one optimizer step, so interval rows have strictly increasing
@@ -39,7 +49,7 @@ class StepRecord:
     """One batch as the loop saw it; `loss` is None for a batch that was skipped."""
 
     step: int  # optimizer steps done after this batch
-    epoch: int
+    epoch: int  # the loop's 0-based epoch counter (rows and the bar show epoch + 1)
     loss: torch.Tensor | float | None
     lr: float  # learning rate of the last optimizer step
     ema_decay: float  # EMA decay of the last optimizer step
@@ -76,6 +86,7 @@ class RunLogger:
         self.history = list(history or [])
         self.epoch, self.epoch_loss_sum, self.epoch_n = 0, 0.0, 0
         self.last: StepRecord | None = None
+        self.last_loss: float | None = None  # the latest interval's mean loss
         self._reset_interval()
 
     def _reset_interval(self) -> None:
@@ -84,18 +95,24 @@ class RunLogger:
         self.data_time = self.step_time = 0.0
 
     def start_epoch(self, epoch: int, batch_in_epoch: int) -> None:
-        """A new epoch begins (at `batch_in_epoch` when resuming inside it)."""
+        """Epoch `epoch` (0-based counter) begins, at `batch_in_epoch` when resuming inside it."""
         self.epoch, self.epoch_loss_sum, self.epoch_n = epoch, 0.0, 0
         if batch_in_epoch and self.history:
             # Resumed inside the epoch: its mean loss also covers the steps logged before the checkpoint,
             # summed in the same order as an uninterrupted run sums them.
-            self.epoch_loss_sum, self.epoch_n = epoch_loss_so_far(self.history, epoch)
+            self.epoch_loss_sum, self.epoch_n = epoch_loss_so_far(self.history, epoch + 1)
         self.history = []
-        if self.cfg.progress:
+        if not self.cfg.progress:
+            return
+        desc = f"epoch {epoch + 1}/{self.epochs}"
+        if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{self.epochs}",
-                            unit="step", dynamic_ncols=True, leave=True)
+            # The run's bar: its total and ETA are the run's (max_steps included), not the epoch's.
+            self.bar = tqdm(total=self.total_steps, initial=self.start_step, desc=desc, unit="step",
+                            dynamic_ncols=True, leave=True)
+        else:
+            self.bar.set_description(desc, refresh=False)
 
     def after_step(self, record: StepRecord) -> None:
         """Account one batch; writes a row every `every_steps` batches."""
@@ -107,8 +124,8 @@ class RunLogger:
         self.step_time += record.step_time
         self.n_batches += 1
         self.last = record
-        if self.bar is not None:
-            self.bar.update(1)
+        if self.bar is not None and record.loss is not None:
+            self.bar.update(1)  # the bar counts optimizer steps, as total_steps does
         # Intervals end at multiples of every_steps (not every N batches), so a resumed run keeps the grid.
         if record.loss is not None and record.step % self.cfg.every_steps == 0:
             self.flush()
@@ -123,10 +140,11 @@ class RunLogger:
         if self.n_loss:
             self.epoch_loss_sum += loss * self.n_loss
             self.epoch_n += self.n_loss
+        self.last_loss = loss
         done = r.step - self.start_step
         eta = (time.perf_counter() - self.start_time) / done * (self.total_steps - r.step) if done else float("nan")
         row = {
-            "step": r.step, "epoch": r.epoch, "loss": loss, "lr": r.lr, "ema_decay": r.ema_decay,
+            "step": r.step, "epoch": r.epoch + 1, "loss": loss, "lr": r.lr, "ema_decay": r.ema_decay,
             "samples_per_s": self.samples / self.step_time, "data_time_s": self.data_time / self.n_batches,
             "step_time_s": self.step_time / self.n_batches, "data_share": self.data_time / self.step_time,
             "skipped": r.skipped, "seen": r.seen, "eta_s": eta, "time": time.time(),
@@ -139,16 +157,16 @@ class RunLogger:
             self.bar.set_postfix(
                 loss=f"{loss:.4f}", sps=f"{row['samples_per_s']:.0f}",
                 data=f"{1e3 * row['data_time_s']:.0f}ms", step=f"{1e3 * row['step_time_s']:.0f}ms",
-                eta=format_seconds(eta),
             )
+        elif not self.cfg.progress:
+            # No bar (batch jobs, redirected logs): the same numbers as a log line.
+            log.info("step %d/%d (epoch %d/%d): loss %.4f, %.1f samples/s, ETA %s", r.step, self.total_steps,
+                     r.epoch + 1, self.epochs, loss, row["samples_per_s"], format_seconds(eta))
         self._reset_interval()
 
     def end_epoch(self, step: int) -> None:
-        """The epoch is over at `step`: flush, close its bar, write its mean loss."""
+        """The epoch is over at `step`: flush and write its mean loss."""
         self.flush()
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
         if self.epoch_n:
             mean, finished = self.epoch_loss_sum / self.epoch_n, self.epoch + 1  # epochs finished so far
             self._write({"epoch_end": finished, "step": step, "loss": mean, "time": time.time()})
@@ -182,7 +200,7 @@ def format_seconds(s: float) -> str:
 
 
 def epoch_loss_so_far(rows: list[dict], epoch: int) -> tuple[float, int]:
-    """(sum of loss x steps, steps) over the interval rows of `epoch` (0-based), as RunLogger accumulates them."""
+    """(sum of loss x steps, steps) over the interval rows of epoch number `epoch` (1-based), as RunLogger sums them."""
     total, n, previous = 0.0, 0, 0
     for r in rows:
         if "epoch_end" in r:
@@ -194,6 +212,16 @@ def epoch_loss_so_far(rows: list[dict], epoch: int) -> tuple[float, int]:
             total += r["loss"] * steps
             n += steps
     return total, n
+
+
+def _number_epochs_from_one(rows: list[dict]) -> bool:
+    """Renumber, in place, the interval epochs of a file written with 0-based ones (audiorq 0.1); whether it was."""
+    interval = [r for r in rows if "epoch_end" not in r and isinstance(r.get("epoch"), int)]
+    if not any(r["epoch"] == 0 for r in interval):
+        return False
+    for r in interval:
+        r["epoch"] += 1
+    return True
 
 
 def _parse_rows(text: str) -> tuple[list[dict], int]:
@@ -228,10 +256,11 @@ def cut_metrics(path: str | os.PathLike, step: int, epochs_done: int) -> list[di
     except (OSError, UnicodeDecodeError) as e:
         raise RunFileError(f"{path}: cannot read the run's metrics ({e})") from None
     rows, torn = _parse_rows(text)
+    renumbered = _number_epochs_from_one(rows)  # so that the rows appended now continue in one numbering
     kept = [r for r in rows if _before(r, step, epochs_done)]
     if torn:
         log.warning("%s: dropped %d torn line(s) (a write cut short by a crash)", path, torn)
-    if len(kept) != len(rows) or torn or (text and not text.endswith("\n")):
+    if len(kept) != len(rows) or torn or renumbered or (text and not text.endswith("\n")):
         if len(kept) != len(rows):
             log.info("%s: dropped %d row(s) logged after the checkpoint (step %d); they are redone",
                      path, len(rows) - len(kept), step)
@@ -248,11 +277,17 @@ def _before(row: dict, step: int, epochs_done: int) -> bool:
     return row["step"] <= step
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The rows of a metrics.jsonl that carry a loss (logged intervals and epoch ends), in order; [] if absent.
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Every row of a metrics.jsonl, in order, epochs numbered from 1 (old files too); [] if absent.
 
     Lines torn by a crash mid-write are skipped.
     """
     path = Path(path)
     rows = _parse_rows(path.read_text())[0] if path.exists() else []
-    return [r for r in rows if "loss" in r]
+    _number_epochs_from_one(rows)
+    return rows
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.jsonl that carry a loss (logged intervals and epoch ends), in order; [] if absent."""
+    return [r for r in read_rows(path) if "loss" in r]

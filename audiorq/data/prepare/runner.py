@@ -100,10 +100,12 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 def progress_bar(total: int, initial: int, desc: str, unit: str, enabled: bool) -> tqdm:
-    """A tqdm bar (disabled unless `enabled`)."""
+    """A tqdm bar (disabled unless `enabled`, and when stderr is not a terminal)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+    # disable=None: no bar in a redirected log, where its carriage returns and escapes would be junk.
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=None if enabled else True,
+                dynamic_ncols=True)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from audiorq.data.prepare.runner import (
     check_destination, default_workers, is_output_error, output_errors, progress_bar, run_jobs,
 )
 from audiorq.data.prepare.wav import convert_file
+from audiorq.data.pretrain.scan import unusable_reason
 from audiorq.data.tasks import TASKS, Task, TaskError, load_task
 
 # Every wav of a Speech Commands download is converted (not only the task's items), so that both
@@ -143,7 +144,8 @@ def _convert_batch(pairs: list[tuple[str, str]]) -> tuple[int, list[tuple[str, s
         except (ValueError, OSError, RuntimeError) as e:  # AudioError is a ValueError
             if is_output_error(e):
                 raise  # disk full: every later file would fail too
-            failed.append((src, str(e)))
+            # The reason alone (the path is the first field), worded as every other command words it.
+            failed.append((src, unusable_reason(e) if isinstance(e, AudioError) else str(e)))
     return len(pairs), failed
 
 

@@ -15,6 +15,7 @@ from audiorq.data.prepare.runner import (
     PrepareSummary, check_destination, default_workers, is_output_error, output_errors, progress_bar, run_jobs,
 )
 from audiorq.data.pretrain.audio_folder import list_audio_files, name_problem
+from audiorq.data.pretrain.scan import unusable_reason
 
 BATCH_FILES = 16  # files per job: enough to amortize sending a job to a worker, few enough to balance load
 
@@ -39,7 +40,7 @@ def _convert_wav_batch(src: str, dst: str, rels: list[str], sample_rate: int) ->
         except (AudioError, OSError, ValueError) as e:
             if is_output_error(e):
                 raise  # disk full: every later file would fail too
-            out.append((rel, getattr(e, "reason", None) or str(e)))
+            out.append((rel, unusable_reason(e) if isinstance(e, AudioError) else str(e)))
     return out
 
 
@@ -107,5 +108,7 @@ def prepare_wav(
         bad.sort()
         summary = PrepareSummary(str(src), str(dst), len(rels), n_done, n_skipped, len(bad), bad,
                                  complete=True, seconds=time.monotonic() - t_start)
-        atomic_write_text(dst / "prepare_wav_summary.json", json.dumps(dataclasses.asdict(summary), indent=1))
+        # Only the fields a wav conversion has: n_shards and stats belong to prepare logmel.
+        fields = {k: v for k, v in dataclasses.asdict(summary).items() if k not in ("n_shards", "stats")}
+        atomic_write_text(dst / "prepare_wav_summary.json", json.dumps(fields, indent=1))
     return summary

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,22 @@ from torch.utils.data import Dataset
 
 from audiorq.audio import AudioError, load_audio, pad_or_crop, printable_path
 from audiorq.config import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+MAX_LISTED = 20  # bad files named one per line; beyond that only counted
+# Paths already reported by this process: a run builds its dataset more than once (statistics, training,
+# probing), and each bad file should be named once, not once per build or per epoch.
+_reported: set[str] = set()
+
+
+def report_bad_file(path: str | os.PathLike, reason: str) -> bool:
+    """Log one line for a bad file, the first time this process meets it; whether it was logged now."""
+    key = os.fspath(path)
+    if key in _reported:
+        return False
+    _reported.add(key)
+    log.warning("skipping %s: %s", printable_path(key), reason)
+    return True
 # Scanning lives in scan.py; its names stay importable from here, where they were first.
 from audiorq.data.pretrain.scan import (  # noqa: F401
     AUDIO_EXTENSIONS, SCAN_CACHE_VERSION, AudioScan, DataSourceError, MissingSourceError, ScanEntry,
@@ -93,9 +109,10 @@ class EpochCropDataset(Dataset):
 
     def _warn_bad(self, error: Exception) -> None:
         self.n_bad_seen += 1
-        warnings.warn(
-            f"skipping bad audio ({self.n_bad_seen} so far in this process): {error}", RuntimeWarning, stacklevel=3
-        )
+        if isinstance(error, AudioError):
+            report_bad_file(error.path, error.reason)
+        else:
+            log.warning("skipping bad audio: %s", error)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,12 +188,14 @@ class AudioFolder(EpochCropDataset):
             raise DataSourceError(f"{printable_path(self.source)}: none of its {len(self)} audio files is usable, e.g. "
                                   f"{printable_path(self.path(0))}: {self.errors[0]}")
         if self.errors:
-            first = "; ".join(f"{printable_path(self.path(i))}: {e}" for i, e in list(self.errors.items())[:5])
-            warnings.warn(
-                f"{self.source}: {len(self.errors)} of {len(self)} files are unusable and will be skipped: {first}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            new = [(i, e) for i, e in self.errors.items() if str(self.path(i)) not in _reported]
+            for i, e in new[:MAX_LISTED]:
+                report_bad_file(self.path(i), e)
+            _reported.update(str(self.path(i)) for i, _ in new[MAX_LISTED:])
+            if new:  # the count last, once per process, after the files it counts
+                more = f" ({len(new) - MAX_LISTED} not listed)" if len(new) > MAX_LISTED else ""
+                log.warning("%s: %d of %d files are unusable and will be skipped%s", printable_path(self.source),
+                            len(self.errors), len(self), more)
 
     def path(self, index: int) -> Path:
         """Absolute path of item `index`."""

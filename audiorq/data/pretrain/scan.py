@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,8 @@ from audiorq.audio import AudioError, audio_info, file_problem, printable_path
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 SCAN_CACHE_VERSION = 1
+log = logging.getLogger(__name__)  # one plain line per problem, not a Python warning echoing source
+EMPTY_FILE = "empty file (0 bytes)"  # the one message for a 0-byte file, in every command
 
 
 class DataSourceError(ValueError):
@@ -111,9 +113,8 @@ def list_audio_files(root: str | os.PathLike) -> tuple[list[str], dict[str, int]
                 files.append(os.path.normpath(os.path.join(rel_dir, name)))
     files.sort()
     if unreadable:
-        warnings.warn(f"{printable_path(root)}: skipped {len(unreadable)} folder(s) that cannot be listed: "
-                      f"{'; '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}", RuntimeWarning,
-                      stacklevel=2)
+        log.warning("%s: skipped %d folder(s) that cannot be listed: %s%s", printable_path(root), len(unreadable),
+                    "; ".join(unreadable[:5]), " ..." if len(unreadable) > 5 else "")
     return files, dir_mtimes
 
 
@@ -126,6 +127,16 @@ def _read_file_list(list_path: Path) -> list[str]:
     return paths
 
 
+def unusable_reason(error: AudioError) -> str:
+    """The one wording of why a file cannot be used: an empty file is called empty, whatever the decoder said."""
+    try:
+        if os.stat(error.path).st_size == 0:
+            return EMPTY_FILE  # soundfile says "Format not recognised" for it, which sends people looking elsewhere
+    except OSError:
+        pass
+    return error.reason
+
+
 def _probe(root: Path, rel: str) -> ScanEntry:
     path = Path(rel) if os.path.isabs(rel) else root / rel
     problem = name_problem(rel)
@@ -136,7 +147,7 @@ def _probe(root: Path, rel: str) -> ScanEntry:
     if problem:
         return ScanEntry(rel, st.st_size, st.st_mtime_ns, 0, 0, problem)
     if st.st_size == 0:
-        return ScanEntry(rel, 0, st.st_mtime_ns, 0, 0, "empty file (0 bytes)")
+        return ScanEntry(rel, 0, st.st_mtime_ns, 0, 0, EMPTY_FILE)
     try:
         info = audio_info(path)
     except AudioError as e:
@@ -211,7 +222,7 @@ def scan_audio(source: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     try:
         _save_cache(cache_path, source, source_kind, fingerprint, scan_entries)
     except OSError as e:
-        warnings.warn(f"could not write the scan cache {cache_path}: {e}", RuntimeWarning, stacklevel=2)
+        log.warning("could not write the scan cache %s: %s", printable_path(cache_path), e)
         cache_path = None
     return AudioScan(root, scan_entries, cache_path, status, len(to_probe))
 

@@ -12,7 +12,9 @@ from typing import Callable
 
 from audiorq.data.tasks.assemble import CountMismatchWarning, Item, build_task
 from audiorq.data.tasks.csvfile import load_csv
-from audiorq.data.tasks.devsets import esc10, fsdd_digits, fsdd_speakers, shared_data_root
+from audiorq.data.tasks.devsets import (
+    SHARED_DATA_ENV, STANDIN_FOLDERS, default_standin_root, esc10, fsdd_digits, fsdd_speakers, shared_data_root,
+)
 from audiorq.data.tasks.nsynth import load_nsynth
 from audiorq.data.tasks.spcv2 import load_spcv2, load_spcv2_12
 from audiorq.data.tasks.task import (
@@ -69,7 +71,9 @@ def load_task(name: str, root: str | os.PathLike, **options) -> Task:
 
 
 __all__ = [
+    "SHARED_DATA_ENV",
     "SPLITS",
+    "STANDIN_FOLDERS",
     "TASKS",
     "CountMismatchWarning",
     "Item",
@@ -80,6 +84,7 @@ __all__ = [
     "build_task",
     "check_splits",
     "check_task",
+    "default_standin_root",
     "esc10",
     "find_missing_files",
     "fsdd_digits",

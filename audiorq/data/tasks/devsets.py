@@ -23,6 +23,8 @@ FSDD_INDEX_SPLITS = ((35, "train"), (42, "valid"), (50, "test"))
 FSDD_NAME = re.compile(r"^(\d+)_([A-Za-z]+)_(\d+)\.wav$")
 ESC10_NAME = re.compile(r"^(\d+)-[^-]+-[^.]+\.(ogg|wav|flac)$")
 ESC10_FOLDER = re.compile(r"^\d+ - (.+)$")
+# The folder each stand-in reads inside the shared data root, so that the root itself is accepted too.
+STANDIN_FOLDERS = {"fsdd_digits": "fsdd", "fsdd_speakers": "fsdd", "esc10": "esc10"}
 
 
 def shared_data_root() -> Path:
@@ -33,12 +35,26 @@ def shared_data_root() -> Path:
     return (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
 
 
+def default_standin_root() -> Path | None:
+    """Where a stand-in task's data is when no folder is given: $AUDIORQ_SHARED_DATA, else ../shared/data
+    beside the repository when it exists, else None."""
+    root = shared_data_root()
+    return root if os.environ.get(SHARED_DATA_ENV) or root.is_dir() else None
+
+
+def _hint(task: str) -> str:
+    folder = STANDIN_FOLDERS[task]
+    return (f"give the {folder}/ folder itself or the shared data root that holds it "
+            f"(e.g. --data ../shared/data, or set ${SHARED_DATA_ENV})")
+
+
 def fsdd_digits(root: str | os.PathLike, *, check_files: bool = True, skip_missing: bool = False) -> Task:
     """FSDD digit classification (10 classes "0".."9"), split by speaker: 4 train, theo valid, yweweler test.
 
-    `root` is the FSDD folder (holding `recordings/`) or the recordings folder itself.
+    `root` is the FSDD folder (holding `recordings/`), the recordings folder itself, or the shared data root
+    holding `fsdd/`.
     """
-    recordings, found = _fsdd_files(root)
+    recordings, found = _fsdd_files(root, "fsdd_digits")
     items = []
     for name, digit, speaker, _ in found:
         split = FSDD_SPEAKER_SPLITS.get(speaker)
@@ -59,7 +75,7 @@ def fsdd_digits(root: str | os.PathLike, *, check_files: bool = True, skip_missi
 
 def fsdd_speakers(root: str | os.PathLike, *, check_files: bool = True, skip_missing: bool = False) -> Task:
     """FSDD speaker identification (6 classes), split by recording index: 0-34 train, 35-41 valid, 42-49 test."""
-    recordings, found = _fsdd_files(root)
+    recordings, found = _fsdd_files(root, "fsdd_speakers")
     items = []
     for name, _, speaker, index in found:
         split = next((s for end, s in FSDD_INDEX_SPLITS if index < end), None)
@@ -85,7 +101,9 @@ def esc10(root: str | os.PathLike, *, check_files: bool = True, skip_missing: bo
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise TaskError(f"esc10: {root} is not a folder")
+        raise TaskError(f"esc10: {root} is not a folder; {_hint('esc10')}")
+    if not any(ESC10_FOLDER.match(p.name) for p in root.iterdir() if p.is_dir()) and (root / "esc10").is_dir():
+        root = root / "esc10"  # the shared data root
     items = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         m = ESC10_FOLDER.match(folder.name)
@@ -96,7 +114,7 @@ def esc10(root: str | os.PathLike, *, check_files: bool = True, skip_missing: bo
             if f is not None:
                 items.append(Item(f"{folder.name}/{clip.name}", m.group(1), fold=f.group(1)))
     if not items:
-        raise TaskError(f"esc10: no '<NNN - Class>/<fold>-<id>-<take>.ogg' clips under {root}")
+        raise TaskError(f"esc10: no '<NNN - Class>/<fold>-<id>-<take>.ogg' clips under {root}; {_hint('esc10')}")
     return build_task(
         "esc10",
         root,
@@ -110,16 +128,20 @@ def esc10(root: str | os.PathLike, *, check_files: bool = True, skip_missing: bo
     )
 
 
-def _fsdd_files(root: str | os.PathLike) -> tuple[Path, list[tuple[str, str, str, int]]]:
+def _fsdd_files(root: str | os.PathLike, task: str) -> tuple[Path, list[tuple[str, str, str, int]]]:
     root = Path(root).expanduser().resolve()
-    recordings = root / "recordings" if (root / "recordings").is_dir() else root
-    if not recordings.is_dir():
-        raise TaskError(f"fsdd: {recordings} is not a folder")
+    # The recordings folder, the FSDD folder above it, or the shared data root above that.
+    for recordings in (root / "fsdd" / "recordings", root / "recordings", root):
+        if recordings.is_dir() and any(FSDD_NAME.match(n) for n in os.listdir(recordings)):
+            break
+    else:
+        if not root.is_dir():
+            raise TaskError(f"{task}: {root} is not a folder; {_hint(task)}")
+        raise TaskError(f"{task}: no '<digit>_<speaker>_<index>.wav' files in {root}, {root / 'recordings'} "
+                        f"or {root / 'fsdd' / 'recordings'}; {_hint(task)}")
     found = []
     for name in sorted(os.listdir(recordings)):
         m = FSDD_NAME.match(name)
         if m is not None:
             found.append((name, m.group(1), m.group(2), int(m.group(3))))
-    if not found:
-        raise TaskError(f"fsdd: no '<digit>_<speaker>_<index>.wav' files in {recordings}")
     return recordings, found

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 
 from audiorq import __version__
 from audiorq.config import SAMPLE_RATE
+
+
+def _user_error(command: str, error: BaseException) -> NoReturn:
+    """A user mistake: one line naming the file or key, exit status 2, never a traceback."""
+    click.echo(f"audiorq {command}: {error}", err=True)
+    sys.exit(2)
+
+
+def _exit_if_bad(command: str, n_bad: int, verb: str, rest: str) -> None:
+    """Exit status 1 when a preparation job had files it could not use (they were listed above)."""
+    if n_bad:
+        click.echo(f"audiorq {command}: {n_bad} files could not be {verb} (listed above); {rest}", err=True)
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,8 +66,7 @@ def pretrain(args: tuple[str, ...]) -> None:
         trainer.fit()
     except (ConfigError, RunDirError, BadDataError, RunFileError, ValueError, OSError) as e:
         # ValueError: every bad-input error (AudioError, DataSourceError, ...); OSError: out_dir, a full disk.
-        click.echo(f"audiorq pretrain: {e}", err=True)
-        sys.exit(2)
+        _user_error("pretrain", e)
     except TrainingInterrupted as e:
         if rank0 and e.summary is not None:
             click.echo(e.summary.text())
@@ -84,8 +97,7 @@ def plot(runs: tuple[str, ...], out: str | None) -> None:
     try:
         path = plot_runs(list(runs), out)
     except (ValueError, OSError) as e:  # PlotError (no metrics), unreadable files, a full disk
-        click.echo(f"audiorq plot: {e}", err=True)
-        sys.exit(2)
+        _user_error("plot", e)
     click.echo(f"wrote {path}")
 
 
@@ -245,8 +257,7 @@ def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float,
             announce=lambda line: click.echo(f"note: {line}", err=True),
         )
     except (AudioError, ConfigError, ListenError, OSError) as e:
-        click.echo(f"audiorq listen: {e}", err=True)
-        sys.exit(2)
+        _user_error("listen", e)
     for note in result.notes:
         click.echo(f"note: {note}")
     click.echo(f"wrote {result.out_dir}/: {result.original.name}, "
@@ -281,8 +292,7 @@ def demo(out_dir: str, data: str | None, steps: int | None, seed: int, device: s
         result = run_demo(out_dir, data=data, seed=seed, steps=steps or DEMO_STEPS, device=device,
                           progress=progress)
     except (DemoDataError, ConfigError) as e:  # refused before any work: bad data or device
-        click.echo(f"audiorq demo: {e}", err=True)
-        sys.exit(2)
+        _user_error("demo", e)
     click.echo("\n" + (result.out_dir / "summary.md").read_text())
 
 
@@ -327,13 +337,9 @@ def prepare_task_command(name: str, src: str, dst: str, workers: int | None, var
         with one_line_warnings():
             report = prepare_task(name, src, dst, workers=workers, progress=progress, **kwargs)
     except (TaskError, TypeError, ValueError, OSError) as e:
-        click.echo(f"audiorq prepare task: {e}", err=True)
-        sys.exit(2)
+        _user_error("prepare task", e)
     click.echo(report.summary())
-    if report.failed:
-        click.echo(f"audiorq prepare task: {len(report.failed)} files could not be converted (listed above); "
-                   "the others are done", err=True)
-        sys.exit(1)
+    _exit_if_bad("prepare task", len(report.failed), "converted", "the others are done")
 
 
 @prepare.command("wav")
@@ -355,13 +361,9 @@ def prepare_wav_command(src: str, dst: str, workers: int | None, sample_rate: in
         with one_line_warnings():
             summary = prepare_wav(src, dst, sample_rate=sample_rate, workers=workers, progress=progress)
     except (ValueError, OSError) as e:
-        click.echo(f"audiorq prepare wav: {e}", err=True)
-        sys.exit(2)
+        _user_error("prepare wav", e)
     click.echo(str(summary))
-    if summary.n_bad:
-        click.echo(f"audiorq prepare wav: {summary.n_bad} files could not be converted (listed above); "
-                   "the others are done", err=True)
-        sys.exit(1)
+    _exit_if_bad("prepare wav", summary.n_bad, "converted", "the others are done")
 
 
 @prepare.command("logmel", context_settings={"ignore_unknown_options": True})
@@ -396,13 +398,9 @@ def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], worke
             summary = prepare_logmel(src, dst, config, shard_size_frames=shard_size or DEFAULT_SHARD_SIZE_FRAMES,
                                      workers=workers, progress=progress, max_new_shards=max_shards)
     except (ValueError, OSError) as e:
-        click.echo(f"audiorq prepare logmel: {e}", err=True)
-        sys.exit(2)
+        _user_error("prepare logmel", e)
     click.echo(str(summary))
-    if summary.n_bad:
-        click.echo(f"audiorq prepare logmel: {summary.n_bad} files could not be used (listed above); "
-                   "the shards hold the others", err=True)
-        sys.exit(1)
+    _exit_if_bad("prepare logmel", summary.n_bad, "used", "the shards hold the others")
 
 
 def _norm_stats_option(text: str | None) -> tuple[float, float] | None:
@@ -444,8 +442,7 @@ def export_command(src: str, out: str, norm_stats: str | None, frontend_override
                                   frontend_overrides=frontend_overrides, name=name, license=license_,
                                   scores_csv=scores_csv, overwrite=overwrite)
     except (ModelError, ValueError, OSError) as e:
-        click.echo(f"audiorq export: {e}", err=True)
-        sys.exit(2)
+        _user_error("export", e)
     click.echo(f"wrote {path} and its model card {card}")
 
 
@@ -472,8 +469,7 @@ def embed_command(model: str, sources: tuple[str, ...], out: str, frames: bool, 
         result = embed_files(loaded, sources, out, frames=frames, batch_size=batch_size, overwrite=overwrite,
                              progress=progress)
     except (ModelError, EmbedError, ValueError, OSError) as e:
-        click.echo(f"audiorq embed: {e}", err=True)
-        sys.exit(2)
+        _user_error("embed", e)
     for path, reason in result.bad[:20]:
         click.echo(f"skipped {path}: {reason}", err=True)
     if len(result.bad) > 20:

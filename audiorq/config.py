@@ -12,7 +12,7 @@ import yaml
 
 from audiorq.atomic import atomic_write_text
 # The generic machinery lives in audiorq.schema; its names stay importable from here.
-from audiorq.schema import ConfigError, apply_overrides, from_dict, parse_value, to_dict
+from audiorq.schema import ConfigError, apply_overrides, from_dict, to_dict
 from audiorq.schema import check_choice as _check_choice
 from audiorq.schema import check_prob as _check_prob
 

@@ -18,7 +18,7 @@ from audiorq.audio import pad_or_crop
 from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict, to_dict
 from audiorq.device import resolve_device
 from audiorq.frontend import LogMelSpectrogram
-from audiorq.models.ntt import AudioNTT2020
+from audiorq.models.ntt import AudioNTT2020, ntt_shape
 from audiorq.runs import EncoderFile, RunFileError, read_encoder_file
 
 ARCHITECTURE = "AudioNTT2020"
@@ -93,20 +93,13 @@ class AudioModel(nn.Module):
                 f"norm_stats=({self.norm_mean:.4f}, {self.norm_std:.4f})")
 
 
-def ntt_shape(state: dict[str, torch.Tensor], where: str) -> tuple[int, int]:
-    """(d, n_mels) of an AudioNTT2020 state dict from fc.0.weight, shape (d, 64 * n_mels / 8)."""
-    w = state.get("fc.0.weight")
-    if w is None or w.dim() != 2 or w.shape[1] % 8:
-        keys = ", ".join(list(state)[:6])
-        raise ModelError(f"{where}: not an AudioNTT2020 state dict (need a 2-D fc.0.weight of width 64 * n_mels / 8; "
-                         f"keys start {keys})")
-    return int(w.shape[0]), int(w.shape[1] // 8)
-
-
 def model_from_encoder_file(found: EncoderFile, norm_stats: Sequence[float] | None = None,
                             frontend_overrides: Sequence[str] = ()) -> AudioModel:
     """An AudioModel from weights `read_encoder_file` found; `norm_stats` replaces the file's own."""
-    d, n_mels = ntt_shape(found.state, str(found.path))
+    try:
+        d, n_mels = ntt_shape(found.state)
+    except ValueError as e:
+        raise ModelError(f"{found.path}: {e}") from None
     encoder = AudioNTT2020(n_mels=n_mels, d=d)
     try:
         encoder.load_state_dict(found.state, strict=True)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from audiorq.cli import main
 from audiorq.data.prepare import prepare_task
-from audiorq.data.tasks import CountMismatchWarning, load_task, shared_data_root
+from audiorq.data.tasks import load_task, shared_data_root
 from tests.test_tasks import NOISE_SECONDS, make_spcv2, make_us8k
 
 pytestmark = pytest.mark.filterwarnings("ignore::audiorq.data.tasks.CountMismatchWarning")

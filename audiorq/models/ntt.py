@@ -42,3 +42,14 @@ class AudioNTT2020(nn.Module):
         """Clip embedding: (B, 1, F, T) -> (B, d) = max over time + mean over time."""
         h = self.frames(x)
         return h.max(dim=1).values + h.mean(dim=1)
+
+
+def ntt_shape(state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(d, n_mels) of an AudioNTT2020 state dict, read from fc.0.weight (d, 64 * n_mels / 8); ValueError if not one."""
+    w = state.get("fc.0.weight")
+    if w is None or w.dim() != 2:
+        keys = ", ".join(list(state)[:6])
+        raise ValueError(f"not an AudioNTT2020 state dict (no 2-D fc.0.weight; keys start {keys})")
+    if w.shape[1] % 8:
+        raise ValueError(f"fc.0.weight has {w.shape[1]} inputs, not 64 * n_mels / 8")
+    return int(w.shape[0]), int(w.shape[1] // 8)

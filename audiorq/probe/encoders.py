@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict, to_dict
-from audiorq.models.ntt import AudioNTT2020
+from audiorq.models.ntt import AudioNTT2020, ntt_shape
 from audiorq.runs import CHECKPOINT_FILE, ENCODER_FILE, RunFileError, read_encoder_file
 
 POOLED_STATS = ("mean", "std", "max", "min")
@@ -77,14 +77,10 @@ def state_dict_hash(state: dict[str, torch.Tensor]) -> str:
 
 def infer_ntt_shape(state: dict[str, torch.Tensor], where: str) -> tuple[int, int]:
     """(d, n_mels) of an AudioNTT2020 state dict from fc.0.weight, shape (d, 64 * n_mels / 8)."""
-    w = state.get("fc.0.weight")
-    if w is None or w.dim() != 2:
-        keys = ", ".join(list(state)[:6])
-        raise EncoderError(f"{where}: not an AudioNTT2020 state dict (no 2-D fc.0.weight; keys start {keys})")
-    d, n_in = w.shape
-    if n_in % 8:
-        raise EncoderError(f"{where}: fc.0.weight has {n_in} inputs, not 64 * n_mels / 8")
-    return int(d), int(n_in // 8)
+    try:
+        return ntt_shape(state)
+    except ValueError as e:
+        raise EncoderError(f"{where}: {e}") from None
 
 
 def load_encoder(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "cosine")
-
 
 def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> float:
     """Cosine ramp from `start` (step 0) to `end` (step >= total_steps), e.g. BYOL's EMA decay 0.99 -> 1."""

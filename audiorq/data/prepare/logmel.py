@@ -21,7 +21,7 @@ from audiorq.config import FrontendConfig, from_dict, to_dict
 from audiorq.data.prepare.runner import (
     PrepareSummary, check_destination, default_workers, output_errors, progress_bar, run_jobs,
 )
-from audiorq.data.pretrain.audio_folder import scan_audio
+from audiorq.data.pretrain.scan import scan_audio
 from audiorq.data.pretrain.logmel_shards import (
     PLAN_FILE, SHARD_DIR, finished_shard, remove_partial_shards, write_meta, write_shard,
 )

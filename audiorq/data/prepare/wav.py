@@ -14,7 +14,7 @@ from audiorq.config import SAMPLE_RATE
 from audiorq.data.prepare.runner import (
     PrepareSummary, check_destination, default_workers, is_output_error, output_errors, progress_bar, run_jobs,
 )
-from audiorq.data.pretrain.audio_folder import list_audio_files, name_problem
+from audiorq.data.pretrain.scan import list_audio_files, name_problem
 from audiorq.data.pretrain.scan import unusable_reason
 
 BATCH_FILES = 16  # files per job: enough to amortize sending a job to a worker, few enough to balance load

@@ -1,21 +1,10 @@
 """Pretraining data: audio folders (audio_folder.py) and log-mel shards (logmel_shards.py, the format's reader
 and writer) as datasets of random crops, the resumable sampler and collate (sampler.py), dataset statistics."""
 
-from audiorq.data.pretrain.audio_folder import (
-    AUDIO_EXTENSIONS,
-    AudioFolder,
-    AudioScan,
-    DataSourceError,
-    EpochCropDataset,
-    MissingSourceError,
-    ScanEntry,
-    StringTable,
-    crop_offset,
-    default_cache_dir,
-    is_logmel_shards,
-    list_audio_files,
-    name_problem,
-    scan_audio,
+from audiorq.data.pretrain.audio_folder import AudioFolder, EpochCropDataset, StringTable, crop_offset, is_logmel_shards
+from audiorq.data.pretrain.scan import (
+    AUDIO_EXTENSIONS, AudioScan, DataSourceError, MissingSourceError, ScanEntry, default_cache_dir, list_audio_files,
+    name_problem, scan_audio,
 )
 from audiorq.data.pretrain.logmel_shards import SILENCE_LOG_MEL, LogMelShards
 from audiorq.data.pretrain.sampler import ResumableSampler, collate_skipping

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from audiorq.audio import AudioError, load_audio, pad_or_crop, printable_path
 from audiorq.config import SAMPLE_RATE
+from audiorq.data.pretrain.scan import AUDIO_EXTENSIONS, DataSourceError, scan_audio
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 20  # bad files named one per line; beyond that only counted
@@ -30,11 +31,6 @@ def report_bad_file(path: str | os.PathLike, reason: str) -> bool:
     _reported.add(key)
     log.warning("skipping %s: %s", printable_path(key), reason)
     return True
-# Scanning lives in scan.py; its names stay importable from here, where they were first.
-from audiorq.data.pretrain.scan import (  # noqa: F401
-    AUDIO_EXTENSIONS, SCAN_CACHE_VERSION, AudioScan, DataSourceError, MissingSourceError, ScanEntry,
-    default_cache_dir, is_audio_file, list_audio_files, name_problem, scan_audio,
-)
 
 # Native samples decoded on each side of a crop before resampling, so the resampling filter sees the same
 # neighbourhood as in a full decode and the crop equals the matching slice of the fully decoded clip.

@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 from audiorq.atomic import atomic_write, atomic_write_text
-from audiorq.data.pretrain.audio_folder import (
-    SHARD_FORMAT_NAME, SHARD_META_FILE, DataSourceError, EpochCropDataset, MissingSourceError, StringTable,
-)
+from audiorq.data.pretrain.audio_folder import SHARD_FORMAT_NAME, SHARD_META_FILE, EpochCropDataset, StringTable
+from audiorq.data.pretrain.scan import DataSourceError, MissingSourceError
 from audiorq.frontend import EPS
 
 FORMAT_NAME = SHARD_FORMAT_NAME
@@ -49,11 +48,6 @@ NPY_HEADER_BYTES = 128  # fixed .npy header size, so the shape can be filled in 
 def shard_name(shard_id: int) -> str:
     """File stem of shard `shard_id`: shard-NNNNN."""
     return f"shard-{shard_id:05d}"
-
-
-def npy_frames(path: Path) -> int:
-    """Leading dimension of a .npy file, read from its header only."""
-    return npy_layout(path)[0][0]
 
 
 def npy_layout(path: Path) -> tuple[tuple[int, ...], int]:

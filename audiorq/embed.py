@@ -100,7 +100,7 @@ def embed_files(model: AudioModel, sources: Sequence[str | os.PathLike], out: st
                 x = torch.stack([w for _, w in members[k : k + step]]).to(device)
                 if frames:
                     h, times = model.frames(x)
-                    emb = h.max(dim=1).values + h.mean(dim=1)  # the clip embedding, from the same pass
+                    emb = model.encoder.pool(h)  # the clip embedding, from the same pass
                     for j, i in enumerate(idx):
                         frame_rows[i] = (h[j].float().cpu().numpy(), times.cpu().numpy().astype(np.float64))
                 else:

@@ -19,7 +19,7 @@ from audiorq.atomic import atomic_write_text
 from audiorq.model import ARCHITECTURE, AudioModel, ModelError, model_from_encoder_file
 from audiorq.probe.encoders import state_dict_hash
 from audiorq.runs import MODEL_SUFFIX, ModelFile, RunFileError, RunFolder, read_encoder_file, save_model_file
-from audiorq.train.metrics import read_metrics
+from audiorq.train.metrics import last_interval
 
 ONNX_SUFFIX = ".onnx"
 FORMATS = (MODEL_SUFFIX, ONNX_SUFFIX)
@@ -38,9 +38,8 @@ def training_summary(source: Path, config: dict[str, Any]) -> dict[str, Any]:
             "batch_size": config.get("batch_size"), "seed": config.get("seed"),
             "optimizer": config.get("optim"), "model": config.get("model"),
         })
-    rows = [r for r in read_metrics(RunFolder(source.parent).metrics) if "epoch_end" not in r]
-    if rows:
-        last = rows[-1]
+    last = last_interval(RunFolder(source.parent).metrics)
+    if last:
         summary.update({"steps": last.get("step"), "final_loss": last.get("loss")})
         summary.update({k: last[k] for k in ("knn_acc", "linear_acc", "effective_rank") if k in last})
     return {k: v for k, v in summary.items() if v is not None}

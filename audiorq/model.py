@@ -93,9 +93,8 @@ class AudioModel(nn.Module):
                 f"norm_stats=({self.norm_mean:.4f}, {self.norm_std:.4f})")
 
 
-def model_from_encoder_file(found: EncoderFile, norm_stats: Sequence[float] | None = None,
-                            frontend_overrides: Sequence[str] = ()) -> AudioModel:
-    """An AudioModel from weights `read_encoder_file` found; `norm_stats` replaces the file's own."""
+def encoder_from_file(found: EncoderFile, frontend_overrides: Sequence[str] = ()) -> tuple[AudioNTT2020, FrontendConfig]:
+    """The AudioNTT2020 `found` holds (loaded strictly) and the frontend it expects; ModelError naming the file."""
     try:
         d, n_mels = ntt_shape(found.state)
     except ValueError as e:
@@ -113,6 +112,14 @@ def model_from_encoder_file(found: EncoderFile, norm_stats: Sequence[float] | No
         raise ModelError(f"{found.path}: frontend: {e}") from None
     if frontend.n_mels != n_mels:
         raise ModelError(f"{found.path}: the frontend has {frontend.n_mels} mel bins, the encoder takes {n_mels}")
+    return encoder, frontend
+
+
+def model_from_encoder_file(found: EncoderFile, norm_stats: Sequence[float] | None = None,
+                            frontend_overrides: Sequence[str] = ()) -> AudioModel:
+    """An AudioModel from weights `read_encoder_file` found; `norm_stats` replaces the file's own."""
+    encoder, frontend = encoder_from_file(found, frontend_overrides)
+    d, n_mels = encoder.d, encoder.n_mels
     stats = list(norm_stats) if norm_stats is not None else found.norm_stats
     if stats is None:
         raise ModelError(

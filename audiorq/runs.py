@@ -34,13 +34,14 @@ import torch
 import yaml
 from torch import nn
 
-from audiorq.atomic import atomic_torch_save, atomic_write
+from audiorq.atomic import atomic_torch_save, atomic_write, remove_temporaries
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
 ENCODER_FILE = "encoder.pth"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
+LOSS_PLOT_FILE = "loss.png"
 CHECKPOINT_FORMAT = 1
 
 
@@ -99,7 +100,7 @@ class RunFolder:
     @property
     def loss_plot(self) -> Path:
         """loss.png: the loss (and monitor) curves, redrawn at each checkpoint."""
-        return self.path / "loss.png"
+        return self.path / LOSS_PLOT_FILE
 
     def existing(self) -> list[str]:
         """Names of the files that make this folder a run (config, checkpoint) that exist."""
@@ -107,8 +108,6 @@ class RunFolder:
 
     def read_config(self) -> dict[str, Any]:
         """config.yaml as a plain mapping (safe_load); RunFileError naming it if it is unreadable or no mapping."""
-        import yaml
-
         try:
             data = yaml.safe_load(self.config.read_text())
         except FileNotFoundError:
@@ -122,9 +121,7 @@ class RunFolder:
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete what killed writes of this folder's own files left (`.checkpoint.pt.XXXXXXXX.tmp`, ...)."""
-        from audiorq.atomic import remove_temporaries  # (imported here: the module header is not this class's)
-
-        names = (CONFIG_FILE, CHECKPOINT_FILE, ENCODER_FILE, METRICS_FILE, self.loss_plot.name)
+        names = (CONFIG_FILE, CHECKPOINT_FILE, ENCODER_FILE, METRICS_FILE, LOSS_PLOT_FILE)
         return remove_temporaries(self.path, names)
 
 
@@ -250,14 +247,10 @@ def read_encoder_file(path: str | os.PathLike) -> EncoderFile:
 
 def _sibling_config(path: Path) -> dict[str, Any]:
     """The config.yaml of the run folder an encoder.pth sits in ({} when there is none)."""
-    config = path.parent / CONFIG_FILE
-    if path.name != ENCODER_FILE or not config.is_file():
+    run = RunFolder(path.parent)
+    if path.name != ENCODER_FILE or not run.config.is_file():
         return {}
-    try:
-        data = yaml.safe_load(config.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise RunFileError(f"{config}: unreadable run config ({e})") from None
-    return data if isinstance(data, dict) else {}
+    return run.read_config()
 
 
 def _stats_or_none(stats: Any, path: Path) -> list[float] | None:

@@ -38,10 +38,14 @@ class AudioNTT2020(nn.Module):
         x = x.permute(0, 3, 2, 1).reshape(b, t, f * c)  # (B, T/8, F/8 * 64), frequency-major like BYOL-A
         return self.fc(x)
 
+    @staticmethod
+    def pool(frames: torch.Tensor) -> torch.Tensor:
+        """Frame features (B, T, d) -> clip embedding (B, d) = max over time + mean over time."""
+        return frames.max(dim=1).values + frames.mean(dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Clip embedding: (B, 1, F, T) -> (B, d) = max over time + mean over time."""
-        h = self.frames(x)
-        return h.max(dim=1).values + h.mean(dim=1)
+        """Clip embedding: (B, 1, F, T) -> (B, d)."""
+        return self.pool(self.frames(x))
 
 
 def ntt_shape(state: dict[str, torch.Tensor]) -> tuple[int, int]:

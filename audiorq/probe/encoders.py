@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from audiorq.config import ConfigError, FrontendConfig, apply_overrides, from_dict, to_dict
-from audiorq.models.ntt import AudioNTT2020, ntt_shape
+from audiorq.config import FrontendConfig, apply_overrides, from_dict, to_dict
+from audiorq.model import ModelError, encoder_from_file
+from audiorq.models.ntt import AudioNTT2020
 from audiorq.runs import CHECKPOINT_FILE, ENCODER_FILE, RunFileError, read_encoder_file
 
 POOLED_STATS = ("mean", "std", "max", "min")
@@ -73,14 +74,6 @@ def state_dict_hash(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def infer_ntt_shape(state: dict[str, torch.Tensor], where: str) -> tuple[int, int]:
-    """(d, n_mels) of an AudioNTT2020 state dict from fc.0.weight, shape (d, 64 * n_mels / 8)."""
-    try:
-        return ntt_shape(state)
-    except ValueError as e:
-        raise EncoderError(f"{where}: {e}") from None
 
 
 def load_encoder(
@@ -172,28 +165,17 @@ def _logmel_encoder(opts: dict[str, str], spec: str) -> tuple[nn.Module, Encoder
 def _file_encoder(path: Path) -> tuple[nn.Module, EncoderInfo]:
     try:
         found = read_encoder_file(path)
-    except RunFileError as e:
+        module, frontend = encoder_from_file(found)
+    except (RunFileError, ModelError) as e:
         raise EncoderError(str(e)) from None
-    path, state = found.path, found.state
-    d, n_mels = infer_ntt_shape(state, str(path))
-    module = AudioNTT2020(n_mels=n_mels, d=d)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise EncoderError(f"{path}: state dict does not fit AudioNTT2020(n_mels={n_mels}, d={d}): {e}") from None
-    frontend = FrontendConfig(n_mels=n_mels)
-    if found.config.get("frontend"):
-        try:
-            frontend = from_dict(FrontendConfig, found.config["frontend"], "frontend.")
-        except ConfigError as e:
-            raise EncoderError(f"{path}: bad frontend section in the checkpoint config: {e}") from None
+    path, d, n_mels = found.path, module.d, module.n_mels
     if path.name in (CHECKPOINT_FILE, ENCODER_FILE) and path.parent.name:
         # A run folder's two files hold one encoder: both are named after the run, so they make one table row.
         name = path.parent.name
     else:
         name = f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
     info = EncoderInfo(
-        name=name, kind=found.kind, d=d, n_mels=n_mels, frontend=frontend, weights_hash=state_dict_hash(state),
+        name=name, kind=found.kind, d=d, n_mels=n_mels, frontend=frontend, weights_hash=state_dict_hash(found.state),
         source=str(path),
     )
     return module, info

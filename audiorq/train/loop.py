@@ -29,7 +29,7 @@ from audiorq.data.pretrain import collate_skipping
 from audiorq.runs import save_checkpoint
 from audiorq.train.build import TrainingParts, build_training
 from audiorq.train.distributed import agree_any, gather_objects
-from audiorq.train.metrics import RunLogger, StepRecord, cut_metrics, read_metrics
+from audiorq.train.metrics import RunLogger, StepRecord, cut_metrics, last_interval
 from audiorq.train.state import make_checkpoint, rng_state
 from audiorq.train.summary import EPOCHS_DONE, INTERRUPTED, MAX_STEPS, NOTHING_TO_DO, RunSummary
 
@@ -194,7 +194,8 @@ class Trainer:
         """The RunSummary of this session (`final_loss`: rank 0's last logged interval, else metrics.jsonl's)."""
         prog = p.progress
         if final_loss is None and p.ctx.is_main:  # no interval logged in this session (stopped at once)
-            final_loss = _last_loss(p.run.metrics)
+            last = last_interval(p.run.metrics)
+            final_loss = float(last["loss"]) if last else None
         return RunSummary(
             run_dir=self.run_dir, reason=reason, step=prog.step, start_step=self._start_step,
             # An epoch whose batches are all done counts, though max_steps stopped the run before closing it.
@@ -302,12 +303,6 @@ def _bar_safe_logging(bar: bool) -> Iterator[None]:
 
 def _is_console(handler: logging.Handler) -> bool:
     return isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (sys.stdout, sys.stderr)
-
-
-def _last_loss(metrics: Path) -> float | None:
-    """The loss of a metrics.jsonl's last interval row (None if it has none)."""
-    rows = [r for r in read_metrics(metrics) if "epoch_end" not in r]
-    return float(rows[-1]["loss"]) if rows else None
 
 
 def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None) -> Path:

@@ -136,10 +136,9 @@ class RunLogger:
             self._reset_interval()
             return
         r = self.last
-        loss = float(self.loss_sum) / self.n_loss if self.n_loss else float("nan")  # the one sync per interval
-        if self.n_loss:
-            self.epoch_loss_sum += loss * self.n_loss
-            self.epoch_n += self.n_loss
+        loss = float(self.loss_sum) / self.n_loss  # the one sync per interval
+        self.epoch_loss_sum += loss * self.n_loss
+        self.epoch_n += self.n_loss
         self.last_loss = loss
         done = r.step - self.start_step
         eta = (time.perf_counter() - self.start_time) / done * (self.total_steps - r.step) if done else float("nan")
@@ -291,3 +290,9 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The rows of a metrics.jsonl that carry a loss (logged intervals and epoch ends), in order; [] if absent."""
     return [r for r in read_rows(path) if "loss" in r]
+
+
+def last_interval(path: str | os.PathLike) -> dict | None:
+    """The last logged interval row of a metrics.jsonl (not an epoch end); None if there is none."""
+    rows = [r for r in read_metrics(path) if "epoch_end" not in r]
+    return rows[-1] if rows else None

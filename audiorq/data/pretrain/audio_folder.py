@@ -32,6 +32,7 @@ def report_bad_file(path: str | os.PathLike, reason: str) -> bool:
     log.warning("skipping %s: %s", printable_path(key), reason)
     return True
 
+
 # Native samples decoded on each side of a crop before resampling, so the resampling filter sees the same
 # neighbourhood as in a full decode and the crop equals the matching slice of the fully decoded clip.
 RESAMPLE_MARGIN_SEC = 0.01

@@ -54,11 +54,13 @@ class Comparison:
     probe_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     final_loss: dict[str, float] = dataclasses.field(default_factory=dict)
     run_dirs: dict[str, list[Path]] = dataclasses.field(default_factory=dict)
+    # The same scores per pretraining seed: seed_scores[variant][seed][task] -> list of floats.
+    seed_scores: dict[str, dict[int, dict[str, list[float]]]] = dataclasses.field(default_factory=dict)
     out_dir: Path | None = None
 
     def update(self, other: "Comparison") -> "Comparison":
         """Add `other`'s variants (a comparison of more variants, run with other seeds) to this one."""
-        for field in ("scores", "pretrain_seconds", "probe_seconds", "final_loss", "run_dirs"):
+        for field in ("scores", "pretrain_seconds", "probe_seconds", "final_loss", "run_dirs", "seed_scores"):
             getattr(self, field).update(getattr(other, field))
         return self
 
@@ -187,6 +189,7 @@ def compare(
                     _append_stage(stages_path, record)
                     done[stage_key] = record
                 scores[task.name] += done[stage_key]["scores"]
+                result.seed_scores.setdefault(variant.name, {}).setdefault(seed, {})[task.name] = done[stage_key]["scores"]
                 result.probe_seconds[variant.name] += done[stage_key]["seconds"]
         result.scores[variant.name] = dict(scores)
         if losses:

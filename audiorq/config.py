@@ -124,8 +124,11 @@ class AugmentConfig:
     rq: RQConfig = dataclasses.field(default_factory=RQConfig)
     rrc: RRCConfig = dataclasses.field(default_factory=RRCConfig)
     mixup: MixupConfig = dataclasses.field(default_factory=MixupConfig)
+    # joint: one mean/std over both views of a batch (BYOL-A); per_view: each view its own (audiorq 0.1).
+    post_norm: str = "joint"
 
     def validate(self) -> None:
+        _check_choice("augment.post_norm", self.post_norm, POST_NORMS)
         for name in self.chain:
             _check_choice("augment.chain item", name, AUGMENTATIONS)
         if len(set(self.chain)) != len(self.chain):
@@ -136,6 +139,7 @@ class AugmentConfig:
 
 
 AUGMENTATIONS = ("rq", "rrc", "mixup")
+POST_NORMS = ("joint", "per_view")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,11 +232,19 @@ class ModelConfig:
     ema_decay: float = 0.99
     ema_schedule: str = "constant"  # constant | cosine (decay ramps from ema_decay to 1 over the run)
     sync_bn: bool = False  # SyncBatchNorm across ranks under DDP
+    # separate: each view through the networks on its own, so BatchNorm sees B samples of one view (BYOL-A);
+    # joint: both views as one 2B batch (audiorq 0.1; one launch per layer instead of two).
+    bn_views: str = "separate"
+    init: str = ""  # warm start: an encoder file the probe loads (run folder, checkpoint.pt, encoder.pth, .safetensors)
+    freeze_encoder_steps: int = 0  # the first N steps train only the heads (encoder in eval mode, no gradient)
 
     def validate(self) -> None:
         for key in ("d", "hidden_dim", "proj_dim"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        _check_choice("model.bn_views", self.bn_views, BN_VIEWS)
+        if self.freeze_encoder_steps < 0:
+            raise ConfigError(f"model.freeze_encoder_steps must be >= 0, got {self.freeze_encoder_steps}")
         _check_prob("model.dropout", self.dropout)
         _check_prob("model.ema_decay", self.ema_decay)
         _check_choice("model.ema_schedule", self.ema_schedule, ("constant", "cosine"))
@@ -248,6 +260,8 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     schedule: str = "constant"  # constant | cosine (to 0 at the end of the run)
     warmup_epochs: float = 0.0  # linear warmup from 0
+    # BYOL leaves BatchNorm parameters and biases (every 1-d parameter) out of weight decay; true decays them too.
+    decay_norm_and_bias: bool = False
 
     def validate(self) -> None:
         _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
@@ -257,6 +271,18 @@ class OptimConfig:
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.momentum < 0:
             raise ConfigError("optim.weight_decay, optim.momentum and optim.warmup_epochs must be >= 0")
 
+
+BN_VIEWS = ("separate", "joint")
+
+# What a saved config written before a key existed meant by its absence: the behaviour of that older
+# version, so its runs resume (and restart) exactly as they would have.
+LEGACY_VALUES: dict[str, Any] = {
+    "augment.post_norm": "per_view",
+    "model.bn_views": "joint",
+    "model.init": "",
+    "model.freeze_encoder_steps": 0,
+    "optim.decay_norm_and_bias": True,
+}
 
 MAX_CROP_SEC = 3600.0  # an hour per crop is already far past any pretraining recipe; inf would overflow
 
@@ -304,6 +330,38 @@ class LogConfig:
             raise ConfigError(f"log.every_steps must be >= 1, got {self.every_steps}")
 
 
+@dataclasses.dataclass
+class MonitorConfig:
+    """Online evaluation while training (rank 0): kNN / linear accuracy on a labeled task, label-free health.
+
+    Thresholds and costs: docs/architecture.md, "Online monitor".
+    """
+
+    task: str = ""  # a probe task name (esc10, us8k, csv, ...); "" = no kNN / linear evaluation
+    data: str = ""  # the task's folder (the CSV file for task=csv)
+    every_steps: int = 0  # also evaluate every N optimizer steps (0: at each epoch end only)
+    max_clips: int = 400  # at most this many clips of the task's first split (class-stratified), train + test
+    clip_sec: float = 2.0  # each clip padded / cropped to this length (0: the task's unit_sec); sets the cost
+    k: int = 20  # neighbours of the cosine kNN classifier
+    health: bool = True  # embedding / projection std and effective rank on every log step
+    buffer_size: int = 512  # recent clip embeddings the effective rank is computed on
+    collapse_std: float = 0.05  # warn when projection_std (1 = spread, 0 = one point) stays below this ...
+    collapse_rank: float = 2.0  # ... or the effective rank of the embeddings stays below this ...
+    collapse_checks: int = 3  # ... for this many log steps in a row
+
+    def validate(self) -> None:
+        if bool(self.task) != bool(self.data):
+            raise ConfigError("monitor.task and monitor.data go together: set both (e.g. monitor.task=esc10 "
+                              "monitor.data=DIR) or neither")
+        if self.every_steps < 0 or self.max_clips < 4 or self.k < 1 or self.buffer_size < 2 or self.collapse_checks < 1:
+            raise ConfigError("need monitor.every_steps >= 0, monitor.max_clips >= 4, monitor.k >= 1, "
+                              "monitor.buffer_size >= 2 and monitor.collapse_checks >= 1")
+        if not 0 <= self.clip_sec <= MAX_CROP_SEC:
+            raise ConfigError(f"monitor.clip_sec must be in [0, {MAX_CROP_SEC}] (0: the task's unit_sec), got {self.clip_sec}")
+        if self.collapse_std < 0 or self.collapse_rank < 0:
+            raise ConfigError("monitor.collapse_std and monitor.collapse_rank must be >= 0")
+
+
 MAX_SEED = 2**32 - 1  # derived generator seeds (seed * 1_000_003 + ...) must stay below 2**64
 
 
@@ -328,6 +386,7 @@ class PretrainConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
 
     def validate(self) -> None:
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
@@ -343,5 +402,5 @@ class PretrainConfig:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.frontend.n_mels % 8:
             raise ConfigError(f"frontend.n_mels must be a multiple of 8 (AudioNTT2020), got {self.frontend.n_mels}")
-        for section in (self.frontend, self.augment, self.model, self.optim, self.data, self.log):
+        for section in (self.frontend, self.augment, self.model, self.optim, self.data, self.log, self.monitor):
             section.validate()

@@ -565,7 +565,7 @@ def timed_training(parts: TrainingParts, warmup: int, steps: int, deadline: floa
         view1, view2 = parts.views(batch, generator=parts.aug_generator)
         synchronize(device)
         t3 = time.perf_counter()
-        loss = train_step(parts, view1, view2, parts.learning_rate(done), parts.ema_decay(done))
+        loss = train_step(parts, view1, view2, parts.learning_rate(done), parts.ema_decay(done)).loss
         synchronize(device)
         t4 = time.perf_counter()
         if done < warmup:

@@ -7,10 +7,13 @@ Small composable pieces (an MLP head, a momentum update, the loss) and a
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from audiorq.config import BN_VIEWS
 
 
 class MLPHead(nn.Module):
@@ -54,16 +57,33 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2.0 - 2.0 * (p * z).sum(dim=-1)).mean()
 
 
+class BYOLOutput(NamedTuple):
+    """What one BYOL step computed: the loss and, detached, the online network's outputs for both views."""
+
+    loss: torch.Tensor  # scalar
+    embeddings: torch.Tensor  # (2B, d) encoder outputs, view 1 then view 2
+    projections: torch.Tensor  # (2B, proj_dim) projector outputs, same order
+
+
 class BYOLLearner(nn.Module):
     """Online encoder + projector + predictor and their EMA target (encoder + projector).
 
     forward(view1, view2) with views (B, 1, F, T) returns the symmetric loss
-    byol_loss(q1, z2') + byol_loss(q2, z1'), a scalar in [0, 8]; `update_target(decay)` does the EMA step.
-    The target gets no gradients and is kept in the same train/eval mode as the online network.
+    byol_loss(q1, z2') + byol_loss(q2, z1'), a scalar in [0, 8] (a `BYOLOutput` with `outputs=True`);
+    `update_target(decay)` does the EMA step. The target gets no gradients and is kept in the same
+    train/eval mode as the online network.
+
+    bn_views "separate": each view goes through the networks on its own, so every BatchNorm normalizes
+    one view's B samples (BYOL-A); "joint": both views as one 2B batch (one kernel launch per layer).
+    `freeze_encoder(True)` keeps the online encoder in eval mode and out of the graph (heads-only training).
     """
 
-    def __init__(self, encoder: nn.Module, d: int, hidden_dim: int = 4096, proj_dim: int = 256):
+    def __init__(self, encoder: nn.Module, d: int, hidden_dim: int = 4096, proj_dim: int = 256,
+                 bn_views: str = "separate"):
         super().__init__()
+        if bn_views not in BN_VIEWS:
+            raise ValueError(f"bn_views must be one of {BN_VIEWS}, got {bn_views!r}")
+        self.bn_views = bn_views
         self.encoder = encoder
         self.projector = MLPHead(d, hidden_dim, proj_dim)
         self.predictor = MLPHead(proj_dim, hidden_dim, proj_dim)
@@ -71,29 +91,53 @@ class BYOLLearner(nn.Module):
         self.target_projector = copy.deepcopy(self.projector)
         for p in self.target_parameters():
             p.requires_grad_(False)
+        self.encoder_frozen = False
 
     def target_parameters(self) -> list[nn.Parameter]:
         """Parameters of the EMA target (encoder + projector)."""
         return list(self.target_encoder.parameters()) + list(self.target_projector.parameters())
 
-    def online_predictions(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, F, T) -> predictor output (B, proj_dim)."""
-        return self.predictor(self.projector(self.encoder(x)))
+    def freeze_encoder(self, frozen: bool) -> None:
+        """Frozen: the online encoder runs in eval mode under no_grad (weights and BN statistics kept)."""
+        self.encoder_frozen = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "BYOLLearner":
+        """As nn.Module.train, except that a frozen online encoder stays in eval mode."""
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    def online(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 1, F, T) -> encoder output (B, d), projection (B, proj_dim), prediction (B, proj_dim)."""
+        if self.encoder_frozen:
+            with torch.no_grad():
+                y = self.encoder(x)
+        else:
+            y = self.encoder(x)
+        z = self.projector(y)
+        return y, z, self.predictor(z)
 
     @torch.no_grad()
     def target_projections(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, F, T) -> target projection (B, proj_dim), no gradient."""
         return self.target_projector(self.target_encoder(x))
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-        """Symmetric BYOL loss of two views (B, 1, F, T) each -> scalar."""
-        # Both views go through the networks as one batch: BatchNorm then sees 2B samples, as in
-        # BYOL-A's implementation, and one large kernel launch is cheaper than two.
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, outputs: bool = False) -> torch.Tensor | BYOLOutput:
+        """Symmetric BYOL loss of two views (B, 1, F, T) each -> scalar (or a BYOLOutput with `outputs`)."""
         b = view1.shape[0]
-        both = torch.cat([view1, view2])
-        q = self.online_predictions(both)
-        z = self.target_projections(both)
-        return byol_loss(q[:b], z[b:]) + byol_loss(q[b:], z[:b])
+        if self.bn_views == "joint":
+            both = torch.cat([view1, view2])
+            y, z, q = self.online(both)
+            t = self.target_projections(both)
+            q1, q2, t1, t2 = q[:b], q[b:], t[:b], t[b:]
+        else:
+            (y1, z1, q1), (y2, z2, q2) = self.online(view1), self.online(view2)
+            t1, t2 = self.target_projections(view1), self.target_projections(view2)
+            y, z = torch.cat([y1, y2]), torch.cat([z1, z2])
+        loss = byol_loss(q1, t2) + byol_loss(q2, t1)
+        return BYOLOutput(loss, y.detach(), z.detach()) if outputs else loss
 
     @torch.no_grad()
     def update_target(self, decay: float) -> None:

@@ -28,7 +28,7 @@ from audiorq.config import SAMPLE_RATE, to_dict
 from audiorq.data.pretrain.scan import unusable_reason
 from audiorq.data.tasks import Split, Task, restrict_task, task_fingerprint
 from audiorq.frontend import LogMelSpectrogram
-from audiorq.probe.encoders import EncoderInfo
+from audiorq.probe.encoders import EncoderInfo, calibrate_batchnorm
 from audiorq.probe.presets import ProbeConfig
 from audiorq.runs import load_weights_only
 
@@ -350,6 +350,8 @@ def embed_task(
         "pad_crop": config.pad_crop, "seed": config.seed, "unit_sec": task.unit_sec, "frontend": frontend_config,
         "norm_stats": [mean, std],
     }
+    if info.calibrate:
+        key["calibrated_on"] = "train clips"
     path = None
     if cache_dir is not None:
         stem = "-".join(_safe(p) for p in (task.name, task.variant, config.preset, info.name) if p)
@@ -361,6 +363,8 @@ def embed_task(
                 i, reason = next(iter(bad.items()))
                 raise ProbeError(f"{printable_path(task.files[i])}: {reason} ({SKIP_BAD_HINT})")
             return TaskEmbeddings(task, roles, mean, std, config.pad_crop, path, from_cache=True, bad=bad)
+    if info.calibrate:
+        encoder = calibrated_encoder(encoder, frontend, task, config, mean, std, device, workers, skip_bad)
     roles, bad = {}, {}
     for role, idx in role_indices(task, config.pad_crop).items():
         dataset = ClipDataset(task, idx, config.pad_crop, role, config.seed)
@@ -385,6 +389,23 @@ def embed_task(
         except (OSError, RuntimeError) as e:  # a full disk: the embeddings are still good for this run
             warnings.warn(f"could not write the embedding cache {path}: {e}", RuntimeWarning, stacklevel=2)
     return TaskEmbeddings(task, roles, mean, std, config.pad_crop, path, from_cache=False, bad=bad)
+
+
+def calibrated_encoder(encoder: nn.Module, frontend: LogMelSpectrogram, task: Task, config: ProbeConfig,
+                       mean: float, std: float, device: str | torch.device, workers: int = 0,
+                       skip_bad: bool = False) -> nn.Module:
+    """`encoder` with BatchNorm statistics recomputed on the clips any split trains on, as the probe embeds them.
+
+    For fold tasks (ESC-10, US8K) that is every clip: label-free statistics of the task's audio, which the
+    harness's pretrained encoders have also seen, unlabeled, in their corpus.
+    """
+    train = np.unique(np.concatenate([np.asarray(s.train) for s in task.splits])).astype(np.int64)
+    dataset = ClipDataset(task, train, config.pad_crop, crop_role(config.pad_crop, "train"), config.seed)
+    device = torch.device(device)
+    frontend = frontend.to(device)
+    batches = ((frontend(wave) - mean) / std
+               for wave in _batches(dataset, config.embed_batch_size, workers, device, {} if skip_bad else None))
+    return calibrate_batchnorm(encoder, batches)
 
 
 def _read_cache(path: Path, key: dict) -> tuple[dict[str, tuple[np.ndarray, torch.Tensor]], dict[int, str]] | None:

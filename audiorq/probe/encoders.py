@@ -6,15 +6,21 @@ Encoder specs (strings, as the CLI takes them):
   path/encoder.pth       plain AudioNTT2020 state dict (audiorq export or a BYOL-A release); d and n_mels are
                          read from fc.0.weight, shape (d, 64 * n_mels / 8)
 Files are read by audiorq.runs, weights-only: a file holding pickled code is refused, never run.
-  random[:d=2048,seed=0,n_mels=64]        randomly initialized AudioNTT2020 (seeded) baseline
+  random[:d=2048,seed=0,n_mels=64,calibrate=false]
+                         randomly initialized AudioNTT2020 (seeded) baseline; calibrate=true recomputes its
+                         BatchNorm running statistics on each task's training audio before embedding (weights
+                         untouched; `calibrate_batchnorm`), since default statistics (mean 0, var 1) leave
+                         an untrained network's BN layers doing nothing
   logmel[:stats=mean+std+max,n_mels=64]   time-pooled log-mel statistics baseline (len(stats) * n_mels dims)
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -42,6 +48,7 @@ class EncoderInfo:
     frontend: FrontendConfig
     weights_hash: str  # sha256 over parameter/buffer names, shapes and values (or the baseline's definition)
     source: str  # the spec or path it came from
+    calibrate: bool = False  # recompute BatchNorm statistics on each task's training audio first
 
 
 class LogMelStats(nn.Module):
@@ -133,7 +140,11 @@ def _random_encoder(opts: dict[str, str], spec: str) -> tuple[nn.Module, Encoder
     d = _int_option(opts, "d", 2048, spec)
     seed = _int_option(opts, "seed", 0, spec)
     n_mels = _int_option(opts, "n_mels", 64, spec)
-    _no_leftovers(opts, spec, "d, seed, n_mels")
+    calibrate = opts.pop("calibrate", "false").lower()
+    if calibrate not in ("true", "false"):
+        raise EncoderError(f"encoder spec {spec!r}: calibrate must be true or false, got {calibrate!r}")
+    calibrate_bn = calibrate == "true"
+    _no_leftovers(opts, spec, "d, seed, n_mels, calibrate")
     # A private RNG stream: the caller's global torch RNG is left untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -141,11 +152,40 @@ def _random_encoder(opts: dict[str, str], spec: str) -> tuple[nn.Module, Encoder
             module = AudioNTT2020(n_mels=n_mels, d=d)
         except ValueError as e:
             raise EncoderError(f"encoder spec {spec!r}: {e}") from None
+    weights_hash = state_dict_hash(module.state_dict())
+    if calibrate_bn:
+        # Its statistics are a function of the weights and the task (whose fingerprint every cache key holds).
+        weights_hash = hashlib.sha256(f"{weights_hash}|calibrated".encode()).hexdigest()
     info = EncoderInfo(
-        name=f"random-d{d}-seed{seed}", kind="random", d=d, n_mels=n_mels, frontend=FrontendConfig(n_mels=n_mels),
-        weights_hash=state_dict_hash(module.state_dict()), source=spec,
+        name=f"random-d{d}-seed{seed}" + ("-cal" if calibrate_bn else ""), kind="random", d=d, n_mels=n_mels,
+        frontend=FrontendConfig(n_mels=n_mels), weights_hash=weights_hash, source=spec, calibrate=calibrate_bn,
     )
     return module, info
+
+
+@torch.no_grad()
+def calibrate_batchnorm(encoder: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """A copy of `encoder` whose BatchNorm running statistics are the average over `batches` (B, 1, F, T).
+
+    Parameters are untouched and `encoder` itself is not changed. Only the BatchNorm layers run in train
+    mode (dropout stays off); momentum None makes each statistic the plain mean of the batches' statistics.
+    """
+    model = copy.deepcopy(encoder).eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    for x in batches:
+        model(x)
+        seen += 1
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    if not seen:
+        raise EncoderError("BatchNorm calibration got no audio")
+    return model.eval()
 
 
 def _logmel_encoder(opts: dict[str, str], spec: str) -> tuple[nn.Module, EncoderInfo]:

@@ -2,7 +2,7 @@
 
 Modules, one job each: `build` (everything made from the config before the first step), `loop` (the
 step and the training loop), `state` (checkpoint state and resume checks), `metrics` (progress bar,
-metrics.jsonl, TensorBoard), `summary` (the end-of-run report), `distributed` (process group glue),
+metrics.jsonl, TensorBoard), `monitor` (online kNN / linear evaluation, collapse health), `summary` (the end-of-run report), `distributed` (process group glue),
 `schedules` (pure functions of the step).
 The run folder's files belong to `audiorq.runs`.
 

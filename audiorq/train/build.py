@@ -17,17 +17,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from audiorq.augment import AugmentationChain, NormalizeBatch, PrecomputedNorm, build_augmentation
-from audiorq.config import ConfigError, OptimConfig, PretrainConfig
+from audiorq.config import POST_NORMS, ConfigError, OptimConfig, PretrainConfig, to_dict
 from audiorq.data.pretrain import AudioFolder, LogMelShards, ResumableSampler, compute_norm_stats, is_logmel_shards
 from audiorq.device import autocast_dtype
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.models.byol import BYOLLearner
 from audiorq.models.ntt import AudioNTT2020
-from audiorq.runs import Checkpoint, RunFolder, load_checkpoint
+from audiorq.model import ModelError, encoder_from_file
+from audiorq.runs import Checkpoint, RunFileError, RunFolder, load_checkpoint, read_encoder_file
 from audiorq.train import schedules
 from audiorq.train.distributed import DistContext, barrier, broadcast_floats, init_distributed
 from audiorq.train.state import (
-    Progress, RunDirError, check_resumable, check_same_experiment, restore_checkpoint, resume_source,
+    Progress, RunDirError, adopt_legacy_values, check_resumable, check_same_experiment, restore_checkpoint, resume_source,
 )
 
 log = logging.getLogger(__name__)
@@ -40,26 +41,30 @@ class ViewMaker(nn.Module):
 
     Input: waveforms (B, S) (`kind` "wave") or log-mel (B, 1, F, T) ("logmel") on the module's device;
     output: two normalized views (B, 1, F, T), channels-last when asked (CUDA convolutions).
+    post_norm "joint": one mean and std over both views (BYOL-A); "per_view": each view its own.
     """
 
     def __init__(self, frontend: LogMelSpectrogram, pre_norm: nn.Module, augment: AugmentationChain, kind: str,
-                 channels_last: bool = False):
+                 channels_last: bool = False, post_norm: str = "joint"):
         super().__init__()
+        if post_norm not in POST_NORMS:
+            raise ValueError(f"post_norm must be one of {POST_NORMS}, got {post_norm!r}")
         self.frontend, self.pre_norm, self.augment = frontend, pre_norm, augment
         self.post_norm = NormalizeBatch()
-        self.kind, self.channels_last = kind, channels_last
+        self.kind, self.channels_last, self.joint_post_norm = kind, channels_last, post_norm == "joint"
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) or (B, 1, F, T) -> two views (B, 1, F, T), drawing from `generator`."""
         lms = self.frontend(batch) if self.kind == "wave" else batch.float()
         lms = self.pre_norm(lms)
-        views = []
-        for _ in range(2):
-            v = self.post_norm(self.augment(lms, generator=generator))
-            if self.channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
-            views.append(v)
+        views = [self.augment(lms, generator=generator) for _ in range(2)]
+        if self.joint_post_norm:
+            views = list(self.post_norm(torch.cat(views)).chunk(2))
+        else:
+            views = [self.post_norm(v) for v in views]
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views[0], views[1]
 
 
@@ -101,13 +106,27 @@ class TrainingParts:
         return schedules.ema_decay(step, m.ema_decay, self.schedule_steps, m.ema_schedule)
 
 
-def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer `cfg.name` names, at the base learning rate (the loop sets each step's)."""
+def parameter_groups(module: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Optimizer groups of the trainable parameters: [decayed, not decayed (norm weights and biases)].
+
+    BYOL exempts BatchNorm parameters and biases, i.e. every parameter of at most one dimension; with
+    `decay_norm_and_bias` (or no weight decay at all) there is a single group, as in audiorq 0.1.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if decay_norm_and_bias or weight_decay == 0:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: OptimConfig, module: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer `cfg.name` names over `module`'s trainable parameters, at the base learning rate."""
+    groups = parameter_groups(module, cfg.weight_decay, cfg.decay_norm_and_bias)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def build_dataset(cfg: PretrainConfig) -> Dataset:
@@ -149,6 +168,31 @@ def dataset_norm_stats(cfg: PretrainConfig, dataset: Dataset, frontend: nn.Modul
     return broadcast_floats(ctx, device, values)
 
 
+def warm_start(encoder: nn.Module, cfg: PretrainConfig) -> None:
+    """Load `cfg.model.init` (any encoder file the probe reads) into `encoder`; ConfigError if it does not fit."""
+    try:
+        found = read_encoder_file(Path(cfg.model.init).expanduser())
+        source, frontend = encoder_from_file(found)
+    except (RunFileError, ModelError) as e:
+        raise ConfigError(f"model.init: {e}") from None
+    if (source.d, source.n_mels) != (cfg.model.d, cfg.frontend.n_mels):
+        raise ConfigError(f"model.init {found.path}: the encoder has d={source.d} and n_mels={source.n_mels}, the "
+                          f"recipe model.d={cfg.model.d} and frontend.n_mels={cfg.frontend.n_mels}; set them to match")
+    differ = {k: (v, getattr(cfg.frontend, k)) for k, v in to_dict(frontend).items() if v != getattr(cfg.frontend, k)}
+    if differ:
+        log.warning("model.init %s was trained with another frontend (key: its value vs the recipe's): %s",
+                    found.path, differ)
+    encoder.load_state_dict(source.state_dict())
+    log.info("encoder initialized from %s (%s)", found.path, found.kind)
+
+
+def _adopt_legacy(cfg: PretrainConfig, saved: dict, where: Path, ctx: DistContext) -> None:
+    """Resume a run written before some keys existed with the behaviour it was started with."""
+    adopted = adopt_legacy_values(cfg, saved)
+    if adopted and ctx.is_main:
+        log.info("%s predates %s: continuing with the values it was written with", where, ", ".join(adopted))
+
+
 def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> TrainingParts:
     """Build (or restore) everything a run needs; joins the process group under torchrun.
 
@@ -171,12 +215,14 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
     barrier(ctx)  # every rank has looked at out_dir before rank 0 writes into it
     ckpt: Checkpoint | None = load_checkpoint(source) if source is not None else None
     if ckpt is not None:
+        _adopt_legacy(cfg, ckpt.setdefault("config", {}), source, ctx)
         if cfg.data.norm_stats is None:
             cfg.data.norm_stats = list(ckpt["norm_stats"])
         check_resumable(ckpt, cfg, source)
     elif cfg.resume == "auto" and run.config.exists():
         # Killed before its first checkpoint: the run restarts from step 0, but only as the same experiment.
         saved = run.read_config()
+        _adopt_legacy(cfg, saved, run.config, ctx)
         saved_stats = saved["data"].get("norm_stats") if isinstance(saved.get("data"), dict) else None
         if (cfg.data.norm_stats is None and isinstance(saved_stats, list) and len(saved_stats) == 2
                 and all(isinstance(v, (int, float)) for v in saved_stats)):
@@ -192,7 +238,10 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
     # Same initial weights on every rank (DDP also broadcasts rank 0's), different dropout streams.
     torch.manual_seed(cfg.seed)
     encoder = AudioNTT2020(n_mels=cfg.frontend.n_mels, d=cfg.model.d, dropout=cfg.model.dropout)
-    learner = BYOLLearner(encoder, cfg.model.d, cfg.model.hidden_dim, cfg.model.proj_dim)
+    if cfg.model.init and ckpt is None:  # a resumed run's weights come from its checkpoint
+        warm_start(encoder, cfg)
+    # Built after the warm start: the EMA target starts as a copy of the initialized encoder.
+    learner = BYOLLearner(encoder, cfg.model.d, cfg.model.hidden_dim, cfg.model.proj_dim, cfg.model.bn_views)
     if cfg.model.sync_bn and ctx.distributed:
         learner = nn.SyncBatchNorm.convert_sync_batchnorm(learner)
     learner.to(device)
@@ -201,7 +250,7 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
         learner.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed + 7919 * ctx.rank)
 
-    optimizer = build_optimizer(cfg.optim, [p for p in learner.parameters() if p.requires_grad])
+    optimizer = build_optimizer(cfg.optim, learner)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
     frontend = LogMelSpectrogram.from_config(cfg.frontend).to(device)
@@ -223,7 +272,7 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
 
     norm_stats = list(ckpt["norm_stats"]) if ckpt is not None else dataset_norm_stats(cfg, dataset, frontend, device, ctx)
     cfg.data.norm_stats = norm_stats  # the saved config then reproduces this run exactly
-    views = ViewMaker(frontend, PrecomputedNorm(*norm_stats), augment, kind, channels_last)
+    views = ViewMaker(frontend, PrecomputedNorm(*norm_stats), augment, kind, channels_last, cfg.augment.post_norm)
 
     progress = Progress()
     if ckpt is not None:
@@ -234,7 +283,9 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
 
     model: nn.Module = learner
     if ctx.distributed:
-        model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
+        # While the encoder is frozen its parameters get no gradient, which DDP must be told to expect.
+        model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=cfg.model.freeze_encoder_steps > 0)
     if cfg.compile:
         model = torch.compile(model)
     return TrainingParts(

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -26,10 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from audiorq.config import PretrainConfig, save_config
 from audiorq.data.pretrain import collate_skipping
+from audiorq.models.byol import BYOLOutput
 from audiorq.runs import save_checkpoint
 from audiorq.train.build import TrainingParts, build_training
 from audiorq.train.distributed import agree_any, gather_objects
 from audiorq.train.metrics import RunLogger, StepRecord, cut_metrics, last_interval
+from audiorq.train.monitor import HealthMonitor, OnlineEvaluator, load_monitor_set
 from audiorq.train.state import make_checkpoint, rng_state
 from audiorq.train.summary import EPOCHS_DONE, INTERRUPTED, MAX_STEPS, NOTHING_TO_DO, RunSummary
 
@@ -64,12 +66,16 @@ def make_loader(parts: TrainingParts) -> DataLoader:
     )
 
 
-def train_step(parts: TrainingParts, view1: torch.Tensor, view2: torch.Tensor, lr: float, ema_decay: float) -> torch.Tensor:
-    """One optimizer step at `lr` on two views (B, 1, F, T), then the EMA update; the loss, detached, on device."""
+def train_step(parts: TrainingParts, view1: torch.Tensor, view2: torch.Tensor, lr: float, ema_decay: float) -> BYOLOutput:
+    """One optimizer step at `lr` on two views (B, 1, F, T), then the EMA update.
+
+    Returns the step's `BYOLOutput`, detached and on device (no host sync): the loss and the online outputs.
+    """
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(parts.device.type, dtype=parts.amp_dtype or torch.float32, enabled=parts.amp_dtype is not None):
-        loss = parts.model(view1, view2)
+        out = parts.model(view1, view2, outputs=True)
+    loss = out.loss
     parts.optimizer.zero_grad(set_to_none=True)
     if parts.scaler is not None:
         parts.scaler.scale(loss).backward()
@@ -79,7 +85,7 @@ def train_step(parts: TrainingParts, view1: torch.Tensor, view2: torch.Tensor, l
         loss.backward()
         parts.optimizer.step()
     parts.learner.update_target(ema_decay)
-    return loss.detach()
+    return out._replace(loss=loss.detach())
 
 
 class Trainer:
@@ -215,9 +221,44 @@ class Trainer:
         if self.parts is None or self.parts.ctx.is_main:
             log.warning("signal %d: saving a checkpoint after this step (press Ctrl-C again to abort)", signum)
 
+    @staticmethod
+    def _row_ends_here(p: TrainingParts) -> bool:
+        """Whether the step just taken ends a metrics interval: a log step, an epoch's last batch, a checkpoint."""
+        cfg, prog = p.cfg, p.progress
+        return (prog.step % cfg.log.every_steps == 0 or prog.batch_in_epoch >= p.steps_per_epoch
+                or prog.step >= p.total_steps
+                or bool(cfg.checkpoint_every_steps and prog.step % cfg.checkpoint_every_steps == 0))
+
+    def _evaluator(self, p: TrainingParts) -> Callable[[int, int], None] | None:
+        """The online kNN / linear evaluation `monitor.task` asks for, as evaluate(step, epoch); None if none."""
+        cfg = p.cfg.monitor
+        if not cfg.task:
+            return None
+        t0 = time.perf_counter()
+        data = load_monitor_set(cfg, p.cfg.frontend)
+        evaluator = OnlineEvaluator(data, cfg, p.device)
+        log.info("monitor: %s, %d train + %d test clips, loaded in %.1f s", data.task, data.n_train,
+                 len(data.labels) - data.n_train, time.perf_counter() - t0)
+        done: set[int] = set()
+
+        def evaluate(step: int, epoch: int) -> None:
+            if step in done:  # an epoch end that is also an every_steps multiple: once
+                return
+            done.add(step)
+            start = time.perf_counter()
+            values = evaluator.evaluate(p.learner.encoder)
+            self._logger.log_monitor(step, epoch, data.task, values, time.perf_counter() - start)
+
+        return evaluate
+
     def _loop(self, p: TrainingParts, logger: RunLogger | None) -> str:
         """Train until the run is over; returns why it stopped (EPOCHS_DONE or MAX_STEPS)."""
         cfg, prog = p.cfg, p.progress
+        health = HealthMonitor(cfg.monitor) if logger is not None and cfg.monitor.health else None
+        evaluate = self._evaluator(p) if logger is not None else None
+        if evaluate is not None and prog.step == 0:
+            evaluate(0, 0)  # where the run starts from: the untrained (or warm-started) encoder
+        p.learner.freeze_encoder(prog.step < cfg.model.freeze_encoder_steps)
         p.learner.train()
         p.views.augment.train()
         while prog.epoch < cfg.epochs and not (cfg.max_steps and prog.step >= cfg.max_steps):
@@ -257,28 +298,44 @@ class Trainer:
                     )
                 if stop:
                     raise TrainingInterrupted(self.save_checkpoint(last=True))
-                loss = None
+                out, measured = None, None
                 if not not_ok:
                     view1, view2 = p.views(batch.to(p.device, non_blocking=True), generator=p.aug_generator)
-                    loss = train_step(p, view1, view2, p.learning_rate(prog.step), p.ema_decay(prog.step))
+                    out = train_step(p, view1, view2, p.learning_rate(prog.step), p.ema_decay(prog.step))
                     prog.step += 1
+                    if prog.step == cfg.model.freeze_encoder_steps:
+                        p.learner.freeze_encoder(False)
+                        if logger is not None:
+                            log.info("step %d: the encoder is unfrozen (model.freeze_encoder_steps)", prog.step)
                 prog.batch_in_epoch += 1
+                if health is not None and out is not None:
+                    health.add(out.embeddings)
+                    if self._row_ends_here(p):  # the host syncs only where a metrics row is written
+                        measured = health.measure(out.embeddings, out.projections, prog.step)
                 if logger is not None:
                     last = max(prog.step - 1, 0)
                     logger.after_step(StepRecord(
-                        step=prog.step, epoch=prog.epoch, loss=loss, lr=p.learning_rate(last), ema_decay=p.ema_decay(last),
+                        step=prog.step, epoch=prog.epoch, loss=None if out is None else out.loss,
+                        lr=p.learning_rate(last), ema_decay=p.ema_decay(last),
                         samples=0 if batch is None else batch.shape[0] * p.ctx.world_size, data_time=t_data,
-                        step_time=time.perf_counter() - t0, seen=prog.seen, skipped=prog.skipped,
+                        step_time=time.perf_counter() - t0, seen=prog.seen, skipped=prog.skipped, health=measured,
                     ))
+                    every = cfg.monitor.every_steps
+                    if evaluate is not None and out is not None and every and prog.step % every == 0:
+                        evaluate(prog.step, prog.epoch)
                 if cfg.checkpoint_every_steps and not not_ok and prog.step % cfg.checkpoint_every_steps == 0:
                     self.save_checkpoint()
                 if cfg.max_steps and prog.step >= cfg.max_steps:
+                    if evaluate is not None:
+                        evaluate(prog.step, prog.epoch)
                     self.save_checkpoint(last=True)
                     return MAX_STEPS
             prog.epoch += 1
             prog.batch_in_epoch = 0
             if logger is not None:
                 logger.end_epoch(prog.step)
+            if evaluate is not None:
+                evaluate(prog.step, prog.epoch - 1)
             self.save_checkpoint(last=prog.epoch >= cfg.epochs)
         return MAX_STEPS if cfg.max_steps and prog.step >= cfg.max_steps else EPOCHS_DONE
 

@@ -6,8 +6,10 @@ One progress bar covers the whole run (steps done of the run's total, its ETA, t
 with `log.progress=false` each interval is an INFO log line instead.
 
 metrics.jsonl rows: every interval {"step", "epoch", "loss", "lr", "ema_decay", "samples_per_s", "data_time_s",
-"step_time_s", "data_share", "skipped", "seen", "eta_s", "time"}; at each epoch end {"epoch_end", "step",
-"loss" (epoch mean), "time"}.
+"step_time_s", "data_share", "skipped", "seen", "eta_s", "time"}, plus, with the monitor's health on,
+{"embedding_std", "projection_std", "effective_rank"} of the interval's last log step; at each epoch end
+{"epoch_end", "step", "loss" (epoch mean), "time"}; for each online evaluation (audiorq.train.monitor)
+{"monitor" (the task), "step", "epoch", "knn_acc", "linear_acc", "monitor_time_s", "time"}.
 
 Epochs are numbered from 1 everywhere a person reads them: the bar, the log lines and metrics.jsonl. An
 interval row's "epoch" is the epoch its last step belongs to (1 = the first epoch); "epoch_end" is the
@@ -42,6 +44,7 @@ from audiorq.runs import RunFileError
 log = logging.getLogger(__name__)
 
 TENSORBOARD_KEYS = ("loss", "lr", "ema_decay", "samples_per_s", "data_time_s", "step_time_s", "data_share")
+MONITOR_KEYS = ("knn_acc", "linear_acc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,7 @@ class StepRecord:
     step_time: float  # seconds for the whole iteration, data wait included
     seen: int  # items loaded so far on this rank
     skipped: int  # unreadable items so far on this rank
+    health: dict[str, float] | None = None  # the monitor's label-free health, on log steps
 
 
 class RunLogger:
@@ -87,12 +91,14 @@ class RunLogger:
         self.epoch, self.epoch_loss_sum, self.epoch_n = 0, 0.0, 0
         self.last: StepRecord | None = None
         self.last_loss: float | None = None  # the latest interval's mean loss
+        self.monitor_postfix: dict[str, str] = {}  # the latest online evaluation, shown on the bar
         self._reset_interval()
 
     def _reset_interval(self) -> None:
         self.loss_sum: torch.Tensor | float = 0.0
         self.n_loss = self.samples = self.n_batches = 0
         self.data_time = self.step_time = 0.0
+        self.health: dict[str, float] | None = None
 
     def start_epoch(self, epoch: int, batch_in_epoch: int) -> None:
         """Epoch `epoch` (0-based counter) begins, at `batch_in_epoch` when resuming inside it."""
@@ -124,6 +130,8 @@ class RunLogger:
         self.step_time += record.step_time
         self.n_batches += 1
         self.last = record
+        if record.health is not None:
+            self.health = record.health
         if self.bar is not None and record.loss is not None:
             self.bar.update(1)  # the bar counts optimizer steps, as total_steps does
         # Intervals end at multiples of every_steps (not every N batches), so a resumed run keeps the grid.
@@ -148,20 +156,37 @@ class RunLogger:
             "step_time_s": self.step_time / self.n_batches, "data_share": self.data_time / self.step_time,
             "skipped": r.skipped, "seen": r.seen, "eta_s": eta, "time": time.time(),
         }
+        row.update(self.health or {})
         self._write(row)
         if self.tb is not None:
             for key in TENSORBOARD_KEYS:
                 self.tb.add_scalar(f"train/{key}", row[key], r.step)
+            for key, value in (self.health or {}).items():
+                self.tb.add_scalar(f"health/{key}", value, r.step)
         if self.bar is not None:
+            health = {"rank": f"{self.health['effective_rank']:.1f}"} if self.health else {}
             self.bar.set_postfix(
                 loss=f"{loss:.4f}", sps=f"{row['samples_per_s']:.0f}",
                 data=f"{1e3 * row['data_time_s']:.0f}ms", step=f"{1e3 * row['step_time_s']:.0f}ms",
+                **health, **self.monitor_postfix,
             )
         elif not self.cfg.progress:
             # No bar (batch jobs, redirected logs): the same numbers as a log line.
             log.info("step %d/%d (epoch %d/%d): loss %.4f, %.1f samples/s, ETA %s", r.step, self.total_steps,
                      r.epoch + 1, self.epochs, loss, row["samples_per_s"], format_seconds(eta))
         self._reset_interval()
+
+    def log_monitor(self, step: int, epoch: int, task: str, values: dict[str, float], seconds: float) -> None:
+        """Write one online evaluation (`epoch`: the loop's 0-based counter) as a row, to TensorBoard and the bar."""
+        self._write({"monitor": task, "step": step, "epoch": epoch + 1, **values, "monitor_time_s": seconds,
+                     "time": time.time()})
+        if self.tb is not None:
+            for key in MONITOR_KEYS:
+                self.tb.add_scalar(f"monitor/{key}", values[key], step)
+        self.monitor_postfix = {"knn": f"{values['knn_acc']:.1f}", "lin": f"{values['linear_acc']:.1f}"}
+        if self.bar is None and not self.cfg.progress:
+            log.info("step %d: %s kNN %.1f %%, linear %.1f %% (%.1f s)", step, task, values["knn_acc"],
+                     values["linear_acc"], seconds)
 
     def end_epoch(self, step: int) -> None:
         """The epoch is over at `step`: flush and write its mean loss."""
@@ -202,6 +227,8 @@ def epoch_loss_so_far(rows: list[dict], epoch: int) -> tuple[float, int]:
     """(sum of loss x steps, steps) over the interval rows of epoch number `epoch` (1-based), as RunLogger sums them."""
     total, n, previous = 0.0, 0, 0
     for r in rows:
+        if "loss" not in r:  # an online-evaluation row
+            continue
         if "epoch_end" in r:
             previous = r["step"]
             continue
@@ -215,7 +242,7 @@ def epoch_loss_so_far(rows: list[dict], epoch: int) -> tuple[float, int]:
 
 def _number_epochs_from_one(rows: list[dict]) -> bool:
     """Renumber, in place, the interval epochs of a file written with 0-based ones (audiorq 0.1); whether it was."""
-    interval = [r for r in rows if "epoch_end" not in r and isinstance(r.get("epoch"), int)]
+    interval = [r for r in rows if "epoch_end" not in r and "loss" in r and isinstance(r.get("epoch"), int)]
     if not any(r["epoch"] == 0 for r in interval):
         return False
     for r in interval:
@@ -273,6 +300,8 @@ def _before(row: dict, step: int, epochs_done: int) -> bool:
         return False
     if "epoch_end" in row:
         return isinstance(row["epoch_end"], int) and row["epoch_end"] <= epochs_done and row["step"] <= step
+    if "monitor" in row and step == 0:
+        return False  # a restart evaluates its untrained encoder again
     return row["step"] <= step
 
 
@@ -290,6 +319,11 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The rows of a metrics.jsonl that carry a loss (logged intervals and epoch ends), in order; [] if absent."""
     return [r for r in read_rows(path) if "loss" in r]
+
+
+def read_monitor(path: str | os.PathLike) -> list[dict]:
+    """The online-evaluation rows of a metrics.jsonl (knn_acc, linear_acc, ...), in order; [] if absent."""
+    return [r for r in read_rows(path) if "monitor" in r and "knn_acc" in r]
 
 
 def last_interval(path: str | os.PathLike) -> dict | None:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from audiorq.config import ConfigError, PretrainConfig, to_dict
+from audiorq.config import LEGACY_VALUES, ConfigError, PretrainConfig, to_dict
 from audiorq.runs import CHECKPOINT_FORMAT, Checkpoint, RunFolder, encoder_state
 from audiorq.train.distributed import DistContext
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # augmentation, data, batch, optimizer) would silently change the experiment, so it is refused.
 RESUMABLE_CHANGES = (
     "resume", "epochs", "max_steps", "checkpoint_every_steps", "out_dir", "device", "compile",
-    "data.source", "data.num_workers", "data.cache_dir", "log.",
+    "data.source", "data.num_workers", "data.cache_dir", "log.", "monitor.",
 )
 
 
@@ -71,6 +71,24 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def adopt_legacy_values(cfg: PretrainConfig, saved: dict) -> list[str]:
+    """Set in `cfg` the `LEGACY_VALUES` of the keys a saved config lacks (it predates them); returns those keys.
+
+    A run written by an older version then resumes with that version's behaviour, as it was started.
+    """
+    adopted = []
+    for dotted, value in LEGACY_VALUES.items():
+        *parents, leaf = dotted.split(".")
+        node, section = saved, cfg
+        for name in parents:
+            node, section = node.get(name) if isinstance(node, dict) else None, getattr(section, name)
+        if isinstance(node, dict) and leaf not in node:
+            setattr(section, leaf, value)
+            node[leaf] = value
+            adopted.append(f"{dotted}={value}")
+    return adopted
+
+
 def check_resumable(checkpoint: Checkpoint, cfg: PretrainConfig, source: Path) -> None:
     """ConfigError unless `cfg` differs from the checkpoint's config only in RESUMABLE_CHANGES."""
     check_same_experiment(dict(checkpoint.get("config", {})), cfg, f"cannot resume from {source}")
@@ -79,7 +97,7 @@ def check_resumable(checkpoint: Checkpoint, cfg: PretrainConfig, source: Path) -
 def check_same_experiment(saved: dict, cfg: PretrainConfig, what: str) -> None:
     """ConfigError starting with `what` unless `cfg` differs from the `saved` config only in RESUMABLE_CHANGES."""
     differ = [k for k in config_differences(saved, to_dict(cfg))
-              if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_CHANGES)]
+              if not any(k == r or (r.endswith(".") and (k.startswith(r) or k == r[:-1])) for r in RESUMABLE_CHANGES)]
     if differ:
         raise ConfigError(
             f"{what}: the config differs in {', '.join(differ)}; only "

@@ -16,6 +16,7 @@ from audiorq.data.tasks.devsets import (
     SHARED_DATA_ENV, STANDIN_FOLDERS, default_standin_root, esc10, fsdd_digits, fsdd_speakers, shared_data_root,
 )
 from audiorq.data.tasks.nsynth import load_nsynth
+from audiorq.data.tasks.pool import pool_drums, pool_voices
 from audiorq.data.tasks.spcv2 import load_spcv2, load_spcv2_12
 from audiorq.data.tasks.task import (
     SPLITS,
@@ -45,6 +46,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "fsdd_digits": fsdd_digits,
     "fsdd_speakers": fsdd_speakers,
     "esc10": esc10,
+    "pool_drums": pool_drums,
+    "pool_voices": pool_voices,
 }
 
 

@@ -24,7 +24,8 @@ FSDD_NAME = re.compile(r"^(\d+)_([A-Za-z]+)_(\d+)\.wav$")
 ESC10_NAME = re.compile(r"^(\d+)-[^-]+-[^.]+\.(ogg|wav|flac)$")
 ESC10_FOLDER = re.compile(r"^\d+ - (.+)$")
 # The folder each stand-in reads inside the shared data root, so that the root itself is accepted too.
-STANDIN_FOLDERS = {"fsdd_digits": "fsdd", "fsdd_speakers": "fsdd", "esc10": "esc10"}
+STANDIN_FOLDERS = {"fsdd_digits": "fsdd", "fsdd_speakers": "fsdd", "esc10": "esc10", "pool_drums": "pool",
+                   "pool_voices": "pool"}
 
 
 def shared_data_root() -> Path:

@@ -16,6 +16,7 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from audiorq.atomic import atomic_write_text
@@ -72,9 +73,9 @@ class Comparison:
         return 100 * float(np.mean(values)), 100 * float(np.std(values))
 
 
-def corpus_file_list(tasks: list[Task], path: str | os.PathLike) -> Path:
-    """Write every distinct audio file of `tasks` (labels unused) to a text file of paths, one per line."""
-    files = sorted({f for task in tasks for f in task.files})
+def corpus_file_list(tasks: list[Task], path: str | os.PathLike, extra: Iterable[str] = ()) -> Path:
+    """Write every distinct audio file of `tasks` (labels unused) and `extra` to a text file of paths, one per line."""
+    files = sorted({f for task in tasks for f in task.files} | set(extra))
     atomic_write_text(path, "".join(f"{f}\n" for f in files))
     return Path(path)
 

@@ -32,7 +32,7 @@ import torch
 import numpy as np
 
 from audiorq.atomic import atomic_write_text
-from audiorq.compare import Comparison, Variant, compare, comparison_table, loss_curves
+from audiorq.compare import Comparison, Variant, compare, comparison_table, corpus_file_list, loss_curves
 from audiorq.data.tasks import load_task
 from audiorq.data.tasks.devsets import shared_data_root
 from audiorq.probe.run import parse_task_data
@@ -157,10 +157,8 @@ def report(result: Comparison, tasks: list[str], variants: list[str], args: argp
 
 def pretraining_corpus(root: Path, tasks: list, path: Path) -> Path:
     """Write the unlabeled pretraining list: every audio file under root/pool plus the tasks' files."""
-    pool = sorted(str(p) for p in (root / "pool").rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    files = sorted(set(pool) | {f for task in tasks for f in task.files})
-    atomic_write_text(path, "".join(f"{f}\n" for f in files))
-    return path
+    pool = (str(p) for p in (root / "pool").rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    return corpus_file_list(tasks, path, extra=pool)
 
 
 def int_list(text: str) -> list[int]:

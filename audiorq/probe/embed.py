@@ -95,13 +95,16 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[torch.T
     return (torch.stack(good) if good else None), [(k, r) for k, w, r in items if w is None]
 
 
-def _batches(dataset: ClipDataset, batch_size: int, workers: int, device: torch.device,
-             bad: dict[int, str] | None = None):
+def clip_batches(dataset: ClipDataset, batch_size: int, workers: int, device: torch.device,
+                 bad: dict[int, str] | None = None):
     """Batches of good clips on `device`; an undecodable clip raises ProbeError naming it, or, when `bad` is
     a dict, is left out and recorded there as {position in dataset: reason}."""
     loader = torch.utils.data.DataLoader(
         _Items(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
         pin_memory=device.type == "cuda", collate_fn=_collate,
+        # Its own generator: iterating a loader draws a base seed, and drawing it from the global RNG would
+        # shift a caller's stream (the trainer's dropout, when the online monitor loads its clips).
+        generator=torch.Generator().manual_seed(0),
     )
     for wave, failed in loader:
         for k, reason in failed:
@@ -167,7 +170,7 @@ def task_norm_stats(
     bar = tqdm(total=len(dataset), desc=f"{task.name} norm stats", unit="clip", disable=None if progress else True,
                leave=False)
     bad: dict[int, str] | None = {} if skip_bad else None
-    for wave in _batches(dataset, config.embed_batch_size, workers, device, bad):
+    for wave in clip_batches(dataset, config.embed_batch_size, workers, device, bad):
         lms = frontend(wave).double()
         total += lms.sum()
         total_sq += lms.square().sum()
@@ -310,7 +313,7 @@ def embed_clips(
     out = []
     # disable=None: no bar when stderr is not a terminal, so redirected logs get no escape codes.
     bar = tqdm(total=len(dataset), desc=desc, unit="clip", disable=None if progress else True, leave=False)
-    for wave in _batches(dataset, batch_size, workers, device, bad):
+    for wave in clip_batches(dataset, batch_size, workers, device, bad):
         lms = (frontend(wave) - norm_mean) / norm_std
         out.append(encoder(lms).float().cpu())
         bar.update(len(wave))
@@ -404,7 +407,7 @@ def calibrated_encoder(encoder: nn.Module, frontend: LogMelSpectrogram, task: Ta
     device = torch.device(device)
     frontend = frontend.to(device)
     batches = ((frontend(wave) - mean) / std
-               for wave in _batches(dataset, config.embed_batch_size, workers, device, {} if skip_bad else None))
+               for wave in clip_batches(dataset, config.embed_batch_size, workers, device, {} if skip_bad else None))
     return calibrate_batchnorm(encoder, batches)
 
 

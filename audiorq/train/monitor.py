@@ -156,7 +156,7 @@ def load_monitor_set(cfg: MonitorConfig, frontend: FrontendConfig) -> MonitorSet
     """Decode the first split of task `cfg.task` (at most `cfg.max_clips` clips of `cfg.clip_sec`) into normalized log-mels."""
     from audiorq.data.tasks import load_task
     from audiorq.frontend import LogMelSpectrogram
-    from audiorq.probe.embed import ClipDataset, crop_role
+    from audiorq.probe.embed import ClipDataset, clip_batches, crop_role
     from audiorq.probe.presets import probe_config
 
     task = load_task(cfg.task, cfg.data)
@@ -171,8 +171,8 @@ def load_monitor_set(cfg: MonitorConfig, frontend: FrontendConfig) -> MonitorSet
     parts = []
     for indices, name in ((train, "train"), (test, "test")):
         clips = ClipDataset(task, indices, policy, crop_role(policy, name), seed=0)
-        for start in range(0, len(clips), EMBED_BATCH):
-            waves = torch.stack([clips[k] for k in range(start, min(len(clips), start + EMBED_BATCH))])
+        # The probe's loader: an undecodable clip stops the run with a ProbeError that names it.
+        for waves in clip_batches(clips, EMBED_BATCH, 0, torch.device("cpu")):
             with torch.no_grad():
                 parts.append(mel(waves))
     lms = torch.cat(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 import stat
@@ -115,6 +116,35 @@ def load_audio(
     Raises AudioError for missing, unreadable, empty or non-finite audio, or a start past the end.
     """
     info = audio_info(path)
+    return _decode_span(lambda **kw: sf.read(os.fsencode(path), **kw), path, info, sample_rate, start, duration,
+                        on_disk=True)
+
+
+def decode_audio(
+    data: bytes,
+    name: str,
+    sample_rate: int = SAMPLE_RATE,
+    start: float = 0.0,
+    duration: float | None = None,
+) -> torch.Tensor:
+    """`load_audio` for an encoded audio file held in memory (a tar member): mono float32 (S,).
+
+    `name` stands for the file in every AudioError.
+    """
+    try:
+        header = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(name, f"unreadable audio ({_reason(e)})") from None
+    if header.frames < 0 or header.samplerate < 1 or header.channels < 1:
+        raise AudioError(name, f"unreadable audio (header says {header.frames} frames, {header.samplerate} Hz, "
+                               f"{header.channels} channels)")
+    info = AudioInfo(frames=int(header.frames), sample_rate=int(header.samplerate), channels=int(header.channels))
+    return _decode_span(lambda **kw: sf.read(io.BytesIO(data), **kw), name, info, sample_rate, start, duration)
+
+
+def _decode_span(read, path: str | os.PathLike, info: AudioInfo, sample_rate: int, start: float,
+                 duration: float | None, on_disk: bool = False) -> torch.Tensor:
+    """The checks and decode shared by `load_audio` and `decode_audio`; `read(**kw)` is `sf.read` on the source."""
     if info.frames == 0:
         raise AudioError(path, "empty audio (0 samples)")
     if start < 0 or (duration is not None and duration <= 0):
@@ -124,9 +154,9 @@ def load_audio(
         raise AudioError(path, f"start {start:.3f} s is past the end ({info.duration:.3f} s)")
     last = info.frames if duration is None else min(info.frames, first + int(round(duration * info.sample_rate)))
     try:
-        data, sr = sf.read(os.fsencode(path), start=first, stop=last, dtype="float32", always_2d=True)
+        data, sr = read(start=first, stop=last, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
-        raise AudioError(path, f"cannot decode audio ({_reason(e, path)})") from None
+        raise AudioError(path, f"cannot decode audio ({_reason(e, Path(path) if on_disk else None)})") from None
     if data.size == 0:
         raise AudioError(path, "empty audio (0 samples decoded)")
     if not np.isfinite(data).all():

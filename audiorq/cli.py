@@ -403,6 +403,51 @@ def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], worke
     _exit_if_bad("prepare logmel", summary.n_bad, "used", "the shards hold the others")
 
 
+@prepare.command("webdataset", context_settings={"ignore_unknown_options": True})
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@click.option("--content", type=click.Choice(["audio", "logmel"]), default="audio", show_default=True,
+              help="audio: the files as they are (flac, wav, ogg, mp3); logmel: their float16 log-mel as .npy.")
+@click.option("--clips-per-shard", type=int, default=None, help="Clips per tar shard (default 1000).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Shuffles the clips before they are cut into shards (-1: keep the sorted order).")
+@click.option("--workers", "-j", type=int, default=None, help="Parallel processes (default: all CPUs).")
+@click.option("--recipe", default=None, metavar="RECIPE",
+              help="logmel: take the frontend settings from this recipe's `frontend:` section.")
+@click.option("--max-shards", type=int, default=None, help="Stop after this many new shards (run again to go on).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def prepare_webdataset_command(src: str, dst: str, overrides: tuple[str, ...], content: str,
+                               clips_per_shard: int | None, seed: int, workers: int | None, recipe: str | None,
+                               max_shards: int | None, progress: bool) -> None:
+    """Write every clip of SRC (folder or file list) into WebDataset tar shards in DST (resumable).
+
+    Train on them with data.kind=webdataset data.source=DST. OVERRIDES (logmel) are frontend settings as
+    key=value, applied after --recipe. Unusable files are skipped and listed; exit status 1 if there were any.
+    """
+    from audiorq.config import FrontendConfig, apply_overrides, from_dict, recipe_section
+    from audiorq.data.messages import one_line_warnings
+    from audiorq.data.prepare import DEFAULT_CLIPS_PER_SHARD, prepare_webdataset
+
+    try:
+        config = None
+        if content == "logmel":
+            if recipe is not None:
+                config = recipe_section(FrontendConfig, recipe, "frontend", list(overrides))
+            else:
+                config = from_dict(FrontendConfig, apply_overrides({}, list(overrides)), prefix="frontend.")
+                config.validate()
+        elif overrides or recipe:
+            raise ValueError("frontend settings (--recipe, key=value) only apply to --content logmel")
+        with one_line_warnings():
+            summary = prepare_webdataset(src, dst, content, config, clips_per_shard or DEFAULT_CLIPS_PER_SHARD,
+                                         seed=seed, workers=workers, progress=progress, max_new_shards=max_shards)
+    except (ValueError, OSError) as e:
+        _user_error("prepare webdataset", e)
+    click.echo(str(summary))
+    _exit_if_bad("prepare webdataset", summary.n_bad, "used", "the shards hold the others")
+
+
 def _norm_stats_option(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None

@@ -282,20 +282,24 @@ LEGACY_VALUES: dict[str, Any] = {
     "model.init": "",
     "model.freeze_encoder_steps": 0,
     "optim.decay_norm_and_bias": True,
+    "data.shuffle_buffer": 500,  # read only by data.kind=webdataset, which older versions did not have
 }
 
+DATA_KINDS = ("wave", "logmel", "webdataset")
 MAX_CROP_SEC = 3600.0  # an hour per crop is already far past any pretraining recipe; inf would overflow
 
 
 @dataclasses.dataclass
 class DataConfig:
-    """Pretraining data: a folder / file list of audio (kind wave) or prepared log-mel shards (kind logmel)."""
+    """Pretraining data: a folder / file list of audio (kind wave), prepared log-mel shards (kind logmel), or
+    WebDataset tar shards of audio files or float16 log-mel (kind webdataset)."""
 
-    source: str = ""  # audio folder, text file of paths, or shard root (logmel)
-    kind: str = "wave"  # wave | logmel
+    source: str = ""  # audio folder, text file of paths, shard root (logmel), shard folder / index / brace pattern
+    kind: str = "wave"  # wave | logmel | webdataset
     crop_sec: float = 0.95  # random crop per clip (wave)
     crop_frames: int = 96  # random crop per item (logmel)
     num_workers: int = 4  # DataLoader worker processes per rank (decoding)
+    shuffle_buffer: int = 500  # webdataset: undecoded samples each worker shuffles in memory (0: tar order)
     cache_dir: str | None = None  # AudioFolder header cache
     norm_stats: list[float] | None = None  # [mean, std] of log-mel; None = computed before training
     stats_items: int = 10000  # clips used to compute norm_stats
@@ -303,15 +307,15 @@ class DataConfig:
     bad_check_after: int = 200  # ... once at least this many items were loaded
 
     def validate(self) -> None:
-        _check_choice("data.kind", self.kind, ("wave", "logmel"))
+        _check_choice("data.kind", self.kind, DATA_KINDS)
         _check_prob("data.max_bad_fraction", self.max_bad_fraction)
         if not 0 < self.crop_sec <= MAX_CROP_SEC or self.crop_frames < 8:
             raise ConfigError(f"data.crop_sec must be in (0, {MAX_CROP_SEC}] and data.crop_frames >= 8, got "
                               f"{self.crop_sec}, {self.crop_frames}")
         if self.bad_check_after < 0:
             raise ConfigError(f"data.bad_check_after must be >= 0, got {self.bad_check_after}")
-        if self.num_workers < 0 or self.stats_items < 1:
-            raise ConfigError("data.num_workers must be >= 0 and data.stats_items >= 1")
+        if self.num_workers < 0 or self.stats_items < 1 or self.shuffle_buffer < 0:
+            raise ConfigError("data.num_workers and data.shuffle_buffer must be >= 0 and data.stats_items >= 1")
         if self.norm_stats is not None and (len(self.norm_stats) != 2 or not self.norm_stats[1] > 0
                                             or not all(map(math.isfinite, self.norm_stats))):
             raise ConfigError(f"data.norm_stats must be [mean, std] with std > 0, got {self.norm_stats}")

@@ -1,4 +1,4 @@
-"""Pretraining data throughput: full decode vs partial reads vs float16 log-mel shards.
+"""Pretraining data throughput: full decode vs partial reads vs float16 log-mel shards vs WebDataset tar shards.
 
 Usage: python eval/bench_data.py [--clips 64] [--seconds 10] [--esc10 DIR] [--workers 2]
 
@@ -22,8 +22,8 @@ import torch
 
 from audiorq.audio import load_audio, pad_or_crop
 from audiorq.config import SAMPLE_RATE
-from audiorq.data.prepare import prepare_logmel
-from audiorq.data.pretrain import AudioFolder, LogMelShards
+from audiorq.data.prepare import prepare_logmel, prepare_webdataset
+from audiorq.data.pretrain import AudioFolder, LogMelShards, WebDatasetShards
 from audiorq.frontend import LogMelSpectrogram
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +71,21 @@ def bench_source(name: str, source: Path, cache: Path, workers: int, frontend: L
         for i in range(n):
             shards[i]
 
+    # WebDataset tar shards, read as training reads them: one stream, shuffle buffer, batches of 32.
+    tars = {}
+    for content in ("audio", "logmel"):
+        t = time.perf_counter()
+        prepare_webdataset(source, cache / f"wds-{content}-{name}", content, clips_per_shard=16, workers=workers,
+                           progress=False)
+        tars[content] = WebDatasetShards(cache / f"wds-{content}-{name}", cache_dir=cache)
+        tars[content].configure(batch_size=min(32, n))
+        print(f"prepare_webdataset --content {content} with {workers} workers: {time.perf_counter() - t:.1f} s")
+
+    def tar_items(content: str):
+        return lambda: [batch for batch in tars[content]]
+
+    n_tar = tars["audio"].batches_per_epoch * min(32, n)
+
     base = rate(full_decode, n)
     base_lm = rate(full_logmel, n)
     rows = [
@@ -79,6 +94,8 @@ def bench_source(name: str, source: Path, cache: Path, workers: int, frontend: L
         ("log-mel: full decode + crop + frontend (baseline)", base_lm, base_lm),
         ("log-mel: partial read + frontend, batches of 32", rate(partial_logmel, n), base_lm),
         ("log-mel: crop from float16 shards (LogMelShards)", rate(shard_items, n, repeats=5), base_lm),
+        ("wave: WebDataset tar of the files (WebDatasetShards)", rate(tar_items("audio"), n_tar), base),
+        ("log-mel: WebDataset tar of float16 .npy", rate(tar_items("logmel"), n_tar, repeats=5), base_lm),
     ]
     mean_sec = float(np.mean([ds.duration(i) for i in range(n)]))
     print(f"\n{name}: {n} clips, mean {mean_sec:.1f} s, {int(ds.native_rates[0])} Hz; "

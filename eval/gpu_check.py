@@ -3,6 +3,7 @@
     python eval/gpu_check.py --out DIR [--budget-s 480]          # on one CUDA GPU (H200 class): < 8 min
     python eval/gpu_check.py --out DIR --smoke                   # the same code at tiny sizes on CPU: < 1 min
     python eval/gpu_check.py --out DIR --only augment,frontend   # a subset (e.g. a rerun of what failed)
+    python eval/gpu_check.py --out DIR --device cpu --only overhead   # the paper recipe's overhead on a CPU
 
 Writes DIR/gpu_check.json (every number), DIR/gpu_check.md (the markdown tables) and prints the tables.
 Needs only the repository checkout: no ../shared data, no network. The pretraining corpus is synthesized on
@@ -14,7 +15,8 @@ run) and is skipped, with the reason recorded, once the budget left is below wha
 
   environment       torch / CUDA / cuDNN / NCCL versions, GPU name and memory, CPU count, optional packages
   cuda_tests        `pytest -m cuda -q` in a subprocess: pass / fail / skip counts and the output's tail
-  corpus            synthetic one-second clips (wav) -> log-mel shards; both are the data of the next sections
+  corpus            synthetic one-second clips (wav) -> log-mel shards and WebDataset tar shards of their
+                    float16 log-mel; these are the data of the next sections
   augment           RQ (default path, both forced `method`s, a dense reference), RRC, Mixup on (256, 1, 64, 96)
                     on the device: ms per batch, RQ peak memory, and the bit-equalities the code promises
   frontend          log-mel clips/s per backend on 10 s clips (librosa on the CPU), max |diff| vs `torch`
@@ -24,14 +26,18 @@ run) and is skipped, with the reason recorded, once the budget left is below wha
                     data wait, host->device copy, views (log-mel + augmentation), model (forward, backward,
                     optimizer, EMA), each between torch.cuda.synchronize() calls after warm-up; samples/s vs the
                     20,000 samples/s target; data + augmentation share (target <= 10 %); peak GPU memory.
-                    Configs: shards with channels_last on / off, and audio files (data.kind=wave, the decode
-                    ceiling); each also times its DataLoader alone (items/s)
+                    Configs: shards with channels_last on / off, WebDataset tar shards (data.kind=webdataset),
+                    and audio files (data.kind=wave, the decode ceiling); each also times its DataLoader alone
+  overhead          what the pipeline adds: samples/s of the recipe's real steps (loader, views, train_step,
+                    EMA) against a minimal hand-written BYOL step of the same network and sizes on
+                    ready-made views, alternating in 3 rounds in the same run, medians (target: ratio >= 0.95)
   torchrun          `python -m torch.distributed.run --standalone --nproc_per_node=1 -m audiorq.cli pretrain`
                     for a few steps (writes checkpoint.pt), then the same with resume=auto continuing it:
                     exit codes and the checkpoint's step before and after
   pretrain_compile  as `pretrain` with compile=true (channels_last on / off); last because compiling is the
                     slowest part and the first to give up when time runs short. Skipped with --smoke.
 
+--device cpu (without --smoke): the full sizes in fp32 on the CPU, for `--only overhead` (minutes per step).
 --smoke: device cpu, batch 4, d 32, a few steps, 32 clips, no DataLoader workers; `cuda_tests` runs pytest
 anyway (the cuda tests are collected and skip) and records a skip; `pretrain_compile` records a skip.
 tests/test_gpu_check.py runs the smoke mode, so the script is exercised by the default test suite.
@@ -83,6 +89,7 @@ from audiorq.train import TrainingParts, build_training, load_pretrain_config, m
 FORMAT = "audiorq-gpu-check/1"
 TARGET_SAMPLES_PER_S = 20_000  # issue 13: the paper recipe on one H200
 TARGET_DATA_AUG_SHARE = 0.10  # data wait + copy + views, as a share of a step from shards
+TARGET_OVERHEAD_RATIO = 0.95  # pipeline samples/s over a minimal hand-written step's
 AUDIOSET_CLIPS = 2_000_000
 OPTIONAL_PACKAGES = ("torchaudio", "nnAudio", "librosa", "numba", "soundfile", "numpy", "triton", "pytest",
                      "tensorboard")
@@ -123,9 +130,13 @@ class Plan:
     subprocess_cap_s: int  # the most one subprocess may take
 
 
-def make_plan(smoke: bool) -> Plan:
-    """Full sizes for one H200 (fits 8 minutes with compile), or tiny ones for a CPU smoke run (< 1 minute)."""
+def make_plan(smoke: bool, device: str = "cuda") -> Plan:
+    """Full sizes for one H200 (fits 8 minutes with compile), the same sizes in fp32 on a CPU (`device` cpu:
+    for the overhead section), or tiny ones for a CPU smoke run (< 1 minute)."""
     cpus = os.cpu_count() or 1
+    if device == "cpu" and not smoke:
+        return dataclasses.replace(make_plan(False), device="cpu", precision="fp32", n_clips=1024, warmup=1,
+                                   steps=3, workers=1, wave_workers=1, prepare_workers=max(1, cpus))
     if smoke:
         return Plan(smoke=True, device="cpu", batch=4, d=32, precision="fp32", n_clips=32, warmup=1,
                     compile_warmup=1, steps=2, workers=0, wave_workers=0, prepare_workers=1, aug_batch=4,
@@ -153,6 +164,7 @@ class Context:
     corpus_files: list[str] = dataclasses.field(default_factory=list)
     corpus_list: Path | None = None  # text file of the wav paths (an AudioFolder source)
     shards: Path | None = None
+    wds: Path | None = None  # WebDataset tar shards of the same clips' log-mel
 
     def left(self) -> float:
         """Seconds of budget left."""
@@ -326,7 +338,7 @@ def section_corpus(ctx: Context) -> dict[str, Any]:
     """Write n one-second wav clips and prepare their log-mel shards (the data of the training sections)."""
     import soundfile as sf
 
-    from audiorq.data.prepare import prepare_logmel
+    from audiorq.data.prepare import prepare_logmel, prepare_webdataset
 
     p = ctx.plan
     wav_dir = ctx.work / "corpus"
@@ -347,9 +359,13 @@ def section_corpus(ctx: Context) -> dict[str, Any]:
     t0 = time.perf_counter()
     summary = prepare_logmel(wav_dir, ctx.work / "shards", workers=p.prepare_workers, progress=False)
     prepare_s = time.perf_counter() - t0
-    ctx.corpus_files, ctx.shards = files, ctx.work / "shards"
+    t0 = time.perf_counter()
+    prepare_webdataset(wav_dir, ctx.work / "wds", "logmel", clips_per_shard=max(8, p.n_clips // 16),
+                       workers=p.prepare_workers, progress=False)
+    wds_s = time.perf_counter() - t0
+    ctx.corpus_files, ctx.shards, ctx.wds = files, ctx.work / "shards", ctx.work / "wds"
     return {"clips": len(files), "clip_seconds": 1.0, "write_s": round(write_s, 2),
-            "prepare_logmel_s": round(prepare_s, 2),
+            "prepare_logmel_s": round(prepare_s, 2), "prepare_webdataset_s": round(wds_s, 2),
             "prepare_workers": p.prepare_workers, "prepare_summary": str(summary),
             "summary": f"{len(files)} x 1 s clips written in {write_s:.1f} s, shards in {prepare_s:.1f} s"}
 
@@ -660,12 +676,121 @@ def section_pretrain(ctx: Context) -> dict[str, Any]:
     shards = [f"data.source={ctx.shards}", "data.kind=logmel", f"data.num_workers={p.workers}"]
     wave = [f"data.source={ctx.corpus_list}", "data.kind=wave", f"data.num_workers={p.wave_workers}",
             f"data.stats_items={min(256, p.n_clips)}"]
+    tars = [f"data.source={ctx.wds}", "data.kind=webdataset", f"data.num_workers={p.workers}"]
     needs = 0.0 if p.smoke else 30.0
     return training_section(ctx, [
         ("shards, eager, channels_last", shards + ["compile=false", "channels_last=true"], p.warmup, needs),
         ("shards, eager, no channels_last", shards + ["compile=false", "channels_last=false"], p.warmup, needs),
+        ("webdataset tar, eager, channels_last", tars + ["compile=false", "channels_last=true"], p.warmup, needs),
         ("wave files, eager, channels_last", wave + ["compile=false", "channels_last=true"], p.warmup, needs),
     ])
+
+
+class MinimalBYOL(torch.nn.Module):
+    """BYOL written out by hand: the network of the recipe (AudioNTT2020, BYOL-A's MLP heads), nothing else."""
+
+    def __init__(self, d: int, hidden: int, proj: int, n_mels: int):
+        super().__init__()
+        from audiorq.models import AudioNTT2020
+
+        def mlp(n_in: int) -> torch.nn.Module:
+            return torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.BatchNorm1d(hidden),
+                                       torch.nn.ReLU(inplace=True), torch.nn.Linear(hidden, proj))
+
+        self.encoder, self.projector, self.predictor = AudioNTT2020(n_mels=n_mels, d=d), mlp(d), mlp(proj)
+        self.target = torch.nn.Sequential(AudioNTT2020(n_mels=n_mels, d=d), mlp(d))
+        self.target.load_state_dict(torch.nn.Sequential(self.encoder, self.projector).state_dict())
+        self.target.requires_grad_(False)
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        q1, q2 = (self.predictor(self.projector(self.encoder(v))) for v in (v1, v2))
+        with torch.no_grad():
+            t1, t2 = self.target(v1), self.target(v2)
+
+        def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return (2 - 2 * torch.nn.functional.cosine_similarity(a, b, dim=-1)).mean()
+
+        return cos(q1, t2) + cos(q2, t1)
+
+    @torch.no_grad()
+    def ema(self, decay: float) -> None:
+        online = [*self.encoder.parameters(), *self.projector.parameters()]
+        torch._foreach_lerp_(list(self.target.parameters()), online, 1.0 - decay)
+
+
+def step_seconds(step: Callable[[], Any], device: torch.device, n: int) -> list[float]:
+    """Seconds of each of n calls of step(), each between synchronizations."""
+    times = []
+    for _ in range(n):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def section_overhead(ctx: Context) -> dict[str, Any]:
+    """The recipe's real steps from log-mel shards vs a minimal BYOL step on ready-made views, same sizes.
+
+    The two alternate in rounds (after one warm-up step each), so a machine whose load drifts slows both
+    alike; the ratio is of the median step times.
+    """
+    need_corpus(ctx)
+    p, device = ctx.plan, ctx.device
+    overrides = base_overrides(ctx, ctx.work / "runs" / "overhead") + [
+        f"data.source={ctx.shards}", "data.kind=logmel", f"data.num_workers={p.workers}", "compile=false",
+        "channels_last=false"]
+    parts = build_training(load_pretrain_config("byola_rq", overrides))
+    m, batch = parts.cfg.model, parts.local_batch
+    views = tuple(torch.randn(batch, 1, parts.cfg.frontend.n_mels, parts.cfg.data.crop_frames, device=device)
+                  for _ in range(2))
+    torch.manual_seed(0)
+    minimal = MinimalBYOL(m.d, m.hidden_dim, m.proj_dim, parts.cfg.frontend.n_mels).to(device).train()
+    opt = torch.optim.Adam([*minimal.encoder.parameters(), *minimal.projector.parameters(),
+                            *minimal.predictor.parameters()], lr=parts.cfg.optim.lr)
+    amp = parts.amp_dtype
+    stream = epochs_of_batches(parts)
+    state = {"step": 0}
+
+    def pipeline_step() -> None:
+        batch_, _ = next(stream)
+        while batch_ is None:
+            batch_, _ = next(stream)
+        view1, view2 = parts.views(batch_.to(device, non_blocking=True), generator=parts.aug_generator)
+        k = state["step"]
+        train_step(parts, view1, view2, parts.learning_rate(k), parts.ema_decay(k))
+        state["step"] += 1
+
+    def minimal_step() -> None:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = minimal.loss(*views)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        minimal.ema(0.99)
+
+    times: dict[str, list[float]] = {"pipeline": [], "minimal": []}
+    try:
+        step_seconds(pipeline_step, device, p.warmup)
+        step_seconds(minimal_step, device, p.warmup)
+        for _ in range(3):
+            times["pipeline"] += step_seconds(pipeline_step, device, p.steps)
+            times["minimal"] += step_seconds(minimal_step, device, p.steps)
+    finally:
+        stream.close()  # the networks go with this frame; the next section releases the cache
+    rates = {k: batch / statistics.median(v) for k, v in times.items()}
+    ratio = rates["pipeline"] / rates["minimal"]
+    # Load from other jobs only ever adds time: the fastest steps show what each side costs on its own.
+    best_ratio = min(times["minimal"]) / min(times["pipeline"])
+    return {"pipeline_samples_per_s": round(rates["pipeline"], 2), "minimal_samples_per_s": round(rates["minimal"], 2),
+            "ratio": round(ratio, 4), "best_step_ratio": round(best_ratio, 4), "target_ratio": TARGET_OVERHEAD_RATIO,
+            "met": ratio >= TARGET_OVERHEAD_RATIO,
+            "step_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
+            "batch": batch, "d": m.d, "precision": p.precision, "steps_per_round": p.steps, "rounds": 3,
+            "summary": f"pipeline {rates['pipeline']:,.1f} vs minimal step {rates['minimal']:,.1f} samples/s "
+                       f"(median steps): ratio {ratio:.3f} (target >= {TARGET_OVERHEAD_RATIO}: "
+                       f"{'met' if ratio >= TARGET_OVERHEAD_RATIO else 'NOT met'}); fastest steps {best_ratio:.3f}"}
 
 
 def section_pretrain_compile(ctx: Context) -> dict[str, Any]:
@@ -722,6 +847,7 @@ SECTIONS: dict[str, tuple[Callable[[Context], dict[str, Any]], float]] = {
     "probe": (section_probe, 25.0),
     "pretrain": (section_pretrain, 60.0),
     "torchrun": (section_torchrun, 60.0),
+    "overhead": (section_overhead, 60.0),
     "pretrain_compile": (section_pretrain_compile, 120.0),
 }
 
@@ -750,6 +876,9 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                 # Two views per step: each module runs twice on a batch of the recipe's size.
                 out["aug_share_of_default_step"] = {name: round(2 * ms / default["step_ms"], 4)
                                                     for name, ms in aug_ms.items() if "clone" not in name}
+    overhead = sections.get("overhead", {}).get("results", {})
+    if "ratio" in overhead:
+        out.update(overhead_ratio=overhead["ratio"], overhead_met=overhead["met"])
     out["statuses"] = {name: s["status"] for name, s in sections.items()}
     return out
 
@@ -880,6 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (< 1 minute)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: the full sizes in fp32 on the CPU (for --only overhead)")
     parser.add_argument("--budget-s", type=float, default=480.0, help="stop starting sections after this (seconds)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     parser.add_argument("--work", default=None, help="folder for the synthetic corpus and runs (default: a temp dir)")
@@ -890,8 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
-    plan = make_plan(args.smoke)
-    if not args.smoke and not torch.cuda.is_available():
+    plan = make_plan(args.smoke, args.device)
+    if plan.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: CUDA is not available here; use --smoke for the CPU run", file=sys.stderr)
         return 2
     if args.smoke:
@@ -915,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, (_, needs_s) in SECTIONS.items():
             if only and name not in only and not (name == "corpus" and any(
-                    s in only for s in ("probe", "pretrain", "torchrun", "pretrain_compile"))):
+                    s in only for s in ("probe", "pretrain", "torchrun", "overhead", "pretrain_compile"))):
                 continue  # the corpus runs whenever a section that reads it does
             print(f"gpu_check: {name} ({ctx.left():.0f} s of budget left)", file=sys.stderr, flush=True)
             report["sections"][name] = run_section(name, ctx, needs_s)

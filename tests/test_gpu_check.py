@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("environment", "cuda_tests", "corpus", "augment", "frontend", "probe", "pretrain", "torchrun",
-            "pretrain_compile")
+            "overhead", "pretrain_compile")
 CUDA_ONLY = {"cuda_tests", "pretrain_compile"}  # on a CPU these record a skip (with the reason) instead of running
 
 
@@ -34,11 +34,14 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path) -> None:
     assert sections["cuda_tests"]["results"]["counts"].get("skipped", 0) >= 1
     assert all(sections["augment"]["results"]["equal"].values())
     rows = sections["pretrain"]["results"]["rows"]
-    assert len(rows) == 3 and all(r["status"] == "ok" and r["samples_per_s"] > 0 and r["loss_finite"] for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["samples_per_s"] > 0 and r["loss_finite"] for r in rows)
     assert {r["backend"] for r in sections["frontend"]["results"]["rows"]} >= {"torch", "librosa"}
     runs = sections["torchrun"]["results"]["runs"]
     assert [r["rc"] for r in runs] == [0, 0] and runs[1]["checkpoint_step"] > runs[0]["checkpoint_step"]
     assert "best_samples_per_s" in report["summary"]
+    overhead = sections["overhead"]["results"]
+    assert overhead["pipeline_samples_per_s"] > 0 and overhead["minimal_samples_per_s"] > 0
+    assert report["summary"]["overhead_ratio"] == overhead["ratio"]
 
     md = (out / "gpu_check.md").read_text()
     assert "| section | status | seconds | result |" in md

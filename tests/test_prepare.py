@@ -205,13 +205,13 @@ def test_resume_after_interruption_gives_identical_files(source, prepared, tmp_p
 KILL_SCRIPT = """
 import os, signal, sys
 import audiorq.data.prepare.logmel as logmel
-real, calls = logmel._clip_logmel, [0]
+real, calls = logmel.clip_logmel, [0]
 def dying(frontend, path):
     calls[0] += 1
     if calls[0] == int(sys.argv[3]):  # killed in the middle of writing a shard
         os.kill(os.getpid(), signal.SIGKILL)
     return real(frontend, path)
-logmel._clip_logmel = dying
+logmel.clip_logmel = dying
 logmel.prepare_logmel(sys.argv[1], sys.argv[2], shard_size_frames=250, workers=1, progress=False)
 """
 

@@ -18,7 +18,10 @@ from torch.utils.data import Dataset
 
 from audiorq.augment import AugmentationChain, NormalizeBatch, PrecomputedNorm, build_augmentation
 from audiorq.config import POST_NORMS, ConfigError, OptimConfig, PretrainConfig, to_dict
-from audiorq.data.pretrain import AudioFolder, LogMelShards, ResumableSampler, compute_norm_stats, is_logmel_shards
+from audiorq.data.pretrain import (
+    AudioFolder, LogMelShards, ResumableSampler, WebDatasetShards, compute_norm_stats, is_logmel_shards,
+    is_webdataset_source,
+)
 from audiorq.device import autocast_dtype
 from audiorq.frontend import LogMelSpectrogram
 from audiorq.models.byol import BYOLLearner
@@ -85,7 +88,7 @@ class TrainingParts:
     views: ViewMaker
     aug_generator: torch.Generator
     dataset: Dataset
-    sampler: ResumableSampler
+    sampler: ResumableSampler | WebDatasetShards  # a streamed dataset draws its own batches: it is its sampler
     local_batch: int
     steps_per_epoch: int
     schedule_steps: int  # schedules span all epochs; max_steps only stops early
@@ -130,24 +133,39 @@ def build_optimizer(cfg: OptimConfig, module: nn.Module) -> torch.optim.Optimize
 
 
 def build_dataset(cfg: PretrainConfig) -> Dataset:
-    """The pretraining dataset `cfg.data` names: AudioFolder (wave) or LogMelShards (logmel)."""
-    if not cfg.data.source:
+    """The pretraining dataset `cfg.data` names: AudioFolder (wave), LogMelShards (logmel) or WebDatasetShards."""
+    d = cfg.data
+    if not d.source:
         raise ConfigError("data.source is not set: pass data.source=PATH (audio folder, file list or shard root)")
-    if not Path(cfg.data.source).exists():
-        raise ConfigError(f"data.source {cfg.data.source} does not exist")
-    if cfg.data.kind == "wave":
-        if is_logmel_shards(cfg.data.source):
-            raise ConfigError(f"data.source {cfg.data.source} is a folder of log-mel shards: add data.kind=logmel")
-        return AudioFolder(cfg.data.source, crop_sec=cfg.data.crop_sec, sample_rate=cfg.frontend.sample_rate,
-                           seed=cfg.seed, cache_dir=cfg.data.cache_dir)
-    shards = LogMelShards(cfg.data.source, crop_frames=cfg.data.crop_frames, seed=cfg.seed)
+    if d.kind == "webdataset":
+        shards = WebDatasetShards(d.source, crop_sec=d.crop_sec, crop_frames=d.crop_frames,
+                                  sample_rate=cfg.frontend.sample_rate, n_mels=cfg.frontend.n_mels, seed=cfg.seed,
+                                  shuffle_buffer=d.shuffle_buffer, cache_dir=d.cache_dir)
+        if shards.content == "logmel":
+            check_prepared_frontend(cfg, shards)
+        return shards
+    if is_webdataset_source(d.source):
+        raise ConfigError(f"data.source {d.source} names WebDataset tar shards: add data.kind=webdataset")
+    if not Path(d.source).exists():
+        raise ConfigError(f"data.source {d.source} does not exist")
+    if d.kind == "wave":
+        if is_logmel_shards(d.source):
+            raise ConfigError(f"data.source {d.source} is a folder of log-mel shards: add data.kind=logmel")
+        return AudioFolder(d.source, crop_sec=d.crop_sec, sample_rate=cfg.frontend.sample_rate, seed=cfg.seed,
+                           cache_dir=d.cache_dir)
+    shards = LogMelShards(d.source, crop_frames=d.crop_frames, seed=cfg.seed)
+    check_prepared_frontend(cfg, shards)
+    return shards
+
+
+def check_prepared_frontend(cfg: PretrainConfig, shards: Dataset) -> None:
+    """ConfigError if precomputed log-mel `shards` were made with another frontend than the recipe's."""
     prepared_with = getattr(shards, "frontend_config", None) or {}
     mismatched = {k: (v, getattr(cfg.frontend, k)) for k, v in prepared_with.items()
                   if hasattr(cfg.frontend, k) and v != getattr(cfg.frontend, k)}
     if mismatched:
         raise ConfigError(f"log-mel shards in {cfg.data.source} were prepared with a different frontend "
                           f"(key: shards vs recipe): {mismatched}")
-    return shards
 
 
 def dataset_norm_stats(cfg: PretrainConfig, dataset: Dataset, frontend: nn.Module, device: torch.device,
@@ -262,7 +280,11 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
     kind = getattr(dataset, "kind", cfg.data.kind)
     if kind not in DATASET_KINDS:
         raise ConfigError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
-    sampler = ResumableSampler(len(dataset), local_batch, ctx.rank, ctx.world_size, cfg.seed)
+    if isinstance(dataset, WebDatasetShards):
+        dataset.configure(local_batch, ctx.rank, ctx.world_size, n_streams=max(1, cfg.data.num_workers))
+        sampler = dataset
+    else:
+        sampler = ResumableSampler(len(dataset), local_batch, ctx.rank, ctx.world_size, cfg.seed)
     if sampler.batches_per_epoch < 1:
         raise ConfigError(f"the dataset has {len(dataset)} items, fewer than one batch of {local_batch} per rank "
                           f"x {ctx.world_size} ranks")

@@ -56,14 +56,18 @@ class TrainingInterrupted(KeyboardInterrupt):
 def make_loader(parts: TrainingParts) -> DataLoader:
     """DataLoader over this rank's share of the sampler's epoch: (batch (B, S) | (B, 1, F, T) or None, n_bad)."""
     workers = parts.cfg.data.num_workers
-    return DataLoader(
-        parts.dataset, batch_size=parts.local_batch, sampler=parts.sampler, drop_last=True,
-        num_workers=workers, collate_fn=collate_skipping, pin_memory=parts.device.type == "cuda",
-        prefetch_factor=4 if workers > 0 else None,
+    common = dict(
+        num_workers=workers, pin_memory=parts.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
+        # Workers live across epochs: set_epoch reaches them through the datasets' shared-memory position.
+        persistent_workers=workers > 0,
         # Its own generator: iter(loader) draws a base seed, and drawing it from the global RNG would
         # shift the dropout stream depending on where an epoch (or a resume) starts.
         generator=torch.Generator().manual_seed(parts.cfg.seed),
     )
+    if parts.sampler is parts.dataset:  # streamed shards batch themselves, one stream per worker
+        return DataLoader(parts.dataset, batch_size=None, **common)
+    return DataLoader(parts.dataset, batch_size=parts.local_batch, sampler=parts.sampler, drop_last=True,
+                      collate_fn=collate_skipping, **common)
 
 
 def train_step(parts: TrainingParts, view1: torch.Tensor, view2: torch.Tensor, lr: float, ema_decay: float) -> BYOLOutput:
@@ -261,11 +265,12 @@ class Trainer:
         p.learner.freeze_encoder(prog.step < cfg.model.freeze_encoder_steps)
         p.learner.train()
         p.views.augment.train()
+        loader = make_loader(p)
         while prog.epoch < cfg.epochs and not (cfg.max_steps and prog.step >= cfg.max_steps):
             if hasattr(p.dataset, "set_epoch"):
                 p.dataset.set_epoch(prog.epoch)
             p.sampler.set_epoch(prog.epoch, prog.batch_in_epoch)
-            batches = iter(make_loader(p))
+            batches = iter(loader)
             if logger is not None:
                 logger.start_epoch(prog.epoch, prog.batch_in_epoch)
             while True:

@@ -90,8 +90,18 @@ def adopt_legacy_values(cfg: PretrainConfig, saved: dict) -> list[str]:
 
 
 def check_resumable(checkpoint: Checkpoint, cfg: PretrainConfig, source: Path) -> None:
-    """ConfigError unless `cfg` differs from the checkpoint's config only in RESUMABLE_CHANGES."""
-    check_same_experiment(dict(checkpoint.get("config", {})), cfg, f"cannot resume from {source}")
+    """ConfigError unless `cfg` differs from the checkpoint's config only in RESUMABLE_CHANGES.
+
+    WebDataset shards are read one stream per DataLoader worker, so mid-epoch the rest of the epoch is only
+    the same with the same data.num_workers; at an epoch boundary it may change.
+    """
+    saved = dict(checkpoint.get("config", {}))
+    check_same_experiment(saved, cfg, f"cannot resume from {source}")
+    workers = (saved.get("data") or {}).get("num_workers", cfg.data.num_workers)
+    if cfg.data.kind == "webdataset" and int(checkpoint.get("batch_in_epoch", 0)) and workers != cfg.data.num_workers:
+        raise ConfigError(f"cannot resume from {source}: it stopped inside an epoch of WebDataset shards read by "
+                          f"data.num_workers={workers}, whose order depends on that number; resume with "
+                          f"data.num_workers={workers}")
 
 
 def check_same_experiment(saved: dict, cfg: PretrainConfig, what: str) -> None:

@@ -15,11 +15,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from audiorq.atomic import atomic_write_text
 from audiorq.audio import AudioError, load_audio
 from audiorq.config import FrontendConfig, from_dict, to_dict
 from audiorq.data.prepare.runner import (
-    PrepareSummary, check_destination, default_workers, output_errors, progress_bar, run_jobs,
+    PrepareSummary, check_destination, default_workers, fix_plan, output_errors, progress_bar, run_jobs,
 )
 from audiorq.data.pretrain.scan import scan_audio
 from audiorq.data.pretrain.logmel_shards import (
@@ -59,15 +58,16 @@ def logmel_frames(frontend: LogMelSpectrogram, wave: torch.Tensor, chunk_frames:
 _FRONTENDS: dict[str, LogMelSpectrogram] = {}
 
 
-def _frontend(config: dict) -> LogMelSpectrogram:
-    # One frontend per worker process and config: building the mel filterbank costs more than a short clip.
+def frontend_for(config: dict) -> LogMelSpectrogram:
+    """The frontend of a config dict, one per worker process and config (its filterbank costs more than a clip)."""
     key = json.dumps(config, sort_keys=True)
     if key not in _FRONTENDS:
         _FRONTENDS[key] = LogMelSpectrogram.from_config(from_dict(FrontendConfig, config))
     return _FRONTENDS[key]
 
 
-def _clip_logmel(frontend: LogMelSpectrogram, path: Path) -> np.ndarray:
+def clip_logmel(frontend: LogMelSpectrogram, path: Path) -> np.ndarray:
+    """The float16 log-mel (T, n_mels) of a whole clip; AudioError for one that is unusable or too short."""
     wave = load_audio(path, frontend.sample_rate)
     if wave.shape[0] <= frontend.n_fft // 2:
         raise AudioError(path, f"too short ({wave.shape[0]} samples) for n_fft={frontend.n_fft}")
@@ -79,7 +79,7 @@ def _clips(frontend: LogMelSpectrogram, root: str, rels: list[str]) -> Iterator[
     """(rel, float16 log-mel (T, n_mels)) per clip, or (rel, reason) for one that cannot be used."""
     for rel in rels:
         try:
-            yield rel, _clip_logmel(frontend, Path(root) / rel)
+            yield rel, clip_logmel(frontend, Path(root) / rel)
         except AudioError as e:
             yield rel, e.reason
         except (RuntimeError, ValueError) as e:  # a decoder or resampler failing on odd content
@@ -88,7 +88,7 @@ def _clips(frontend: LogMelSpectrogram, root: str, rels: list[str]) -> Iterator[
 
 def _build_shard(shard_id: int, root: str, rels: list[str], config: dict, shard_dir: str) -> dict:
     """Compute the log-mel of `rels` and write them as shard `shard_id`; return the shard's index."""
-    frontend = _frontend(config)
+    frontend = frontend_for(config)
     return write_shard(shard_dir, shard_id, frontend.n_mels, _clips(frontend, root, rels))
 
 
@@ -163,22 +163,7 @@ def _prepare(src: Path, dst: Path, frontend_config: FrontendConfig, config: dict
     groups = [[good[i].path for i in group] for group in plan_shards(expected, shard_size_frames)]
     plan = {"source": str(src.resolve()), "frontend": config, "shard_size_frames": int(shard_size_frames),
             "shards": groups}
-    plan_path = dst / PLAN_FILE
-    if plan_path.exists():
-        try:
-            old = json.loads(plan_path.read_text())
-        except ValueError:
-            old = {}  # written atomically, so only a hand-edited file gets here: treat it as different
-        old = old if isinstance(old, dict) else {}
-        if old != plan:
-            what = [k for k in ("source", "frontend", "shard_size_frames", "shards") if old.get(k) != plan[k]]
-            what = ["files" if k == "shards" else k for k in what]
-            raise ValueError(
-                f"{dst} was started with a different {', '.join(what)}; finish it with the same settings "
-                f"or use a new destination folder"
-            )
-    else:
-        atomic_write_text(plan_path, json.dumps(plan))
+    fix_plan(dst / PLAN_FILE, plan, {"shards": "files"})
 
     indexes: dict[int, dict] = {}
     for shard_id in range(len(groups)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
+from audiorq.atomic import atomic_write_text
 from audiorq.audio import printable_path
 
 if TYPE_CHECKING:
@@ -97,6 +99,25 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     src_r, dst_r = Path(src).resolve(), Path(dst).resolve()
     if dst_r == src_r or (src_r.is_dir() and src_r in dst_r.parents):
         raise ValueError(f"the output folder {dst} must not be the source folder or inside the source folder {src}")
+
+
+def fix_plan(path: Path, plan: dict, names: dict[str, str] | None = None) -> None:
+    """Write a preparation's `plan` to `path` on its first run; on a later run ValueError unless it is the same.
+
+    The error names the keys that differ (`names` renames keys for the message, e.g. shards -> files).
+    """
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}  # written atomically, so only a hand-edited file gets here: treat it as different
+        old = old if isinstance(old, dict) else {}
+        if old != plan:
+            what = [(names or {}).get(k, k) for k in plan if old.get(k) != plan[k]]
+            raise ValueError(f"{path.parent} was started with a different {', '.join(what)}; finish it with the "
+                             "same settings or use a new destination folder")
+        return
+    atomic_write_text(path, json.dumps(plan))
 
 
 def progress_bar(total: int, initial: int, desc: str, unit: str, enabled: bool) -> tqdm:

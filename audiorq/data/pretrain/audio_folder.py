@@ -7,6 +7,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -71,6 +72,34 @@ def crop_offset(seed: int, epoch: int, index: int, max_offset: int) -> int:
         return 0
     h = _mix64(_mix64(_mix64(int(seed) & _MASK64) ^ (int(epoch) & _MASK64)) ^ (int(index) & _MASK64))
     return h % (max_offset + 1)
+
+
+def read_crop(load: Callable[[float, float | None], torch.Tensor], frames: int, rate: int, sample_rate: int,
+              size: int, offset: int) -> torch.Tensor:
+    """Samples [offset, offset + size) at `sample_rate` of a clip of `frames` samples at `rate`: (size,).
+
+    `load(start_s, duration_s)` decodes a span (None: to the end) at `sample_rate`, as `load_audio` does. Only
+    the span is decoded; with resampling, the read starts on a native sample that maps to a whole output sample
+    (a multiple of rate/gcd) with a margin on each side, so the crop equals the slice of a full decode. A clip
+    shorter than `size` is zero-padded at both ends (floor half at the head, as BYOL-A).
+    """
+    length = -(-frames * sample_rate // rate)
+    if length <= size:
+        return pad_or_crop(load(0.0, None)[:size], size, policy="byola")
+    if rate == sample_rate:
+        wave = load(offset / rate, size / rate)
+    else:
+        g = math.gcd(rate, sample_rate)
+        step_in, step_out = rate // g, sample_rate // g
+        margin = int(math.ceil(RESAMPLE_MARGIN_SEC * rate))
+        first = max(0, (offset * rate // sample_rate - margin) // step_in * step_in)
+        last = min(frames, -(-(offset + size) * rate // sample_rate) + margin)
+        chunk = load(first / rate, (last - first) / rate)
+        head = offset - first // step_in * step_out
+        wave = chunk[head : head + size]
+    if wave.shape[0] < size:  # the header promised more samples than the file holds
+        wave = torch.nn.functional.pad(wave, (0, size - wave.shape[0]))
+    return wave[:size]
 
 
 class EpochCropDataset(Dataset):
@@ -223,32 +252,10 @@ class AudioFolder(EpochCropDataset):
 
     def _read_crop(self, index: int) -> torch.Tensor:
         path, frames, rate = self.path(index), int(self.frames[index]), int(self.native_rates[index])
-        size = self.crop_samples
-        # Length after resampling, as torchaudio produces it: ceil(frames * new / orig).
-        length = -(-frames * self.sample_rate // rate)
-        offset = self.crop_offset(index, length - size)
-        if length <= size:
-            wave = load_audio(path, self.sample_rate)
-            return pad_or_crop(wave[:size], size, policy="byola")
-        if rate == self.sample_rate:
-            wave = load_audio(path, self.sample_rate, start=offset / rate, duration=size / rate)
-        else:
-            wave = self._read_resampled(path, frames, rate, offset)
-        if wave.shape[0] < size:  # header promised more samples than the file holds
-            wave = torch.nn.functional.pad(wave, (0, size - wave.shape[0]))
-        return wave[:size]
-
-    def _read_resampled(self, path: Path, frames: int, rate: int, offset: int) -> torch.Tensor:
-        # Start the read on a native sample that maps to a whole output sample (a multiple of rate/gcd), so
-        # the resampler's phase matches the full-clip decode and the crop equals the slice of a full decode.
-        g = math.gcd(rate, self.sample_rate)
-        step_in, step_out = rate // g, self.sample_rate // g
-        margin = int(math.ceil(RESAMPLE_MARGIN_SEC * rate))
-        first = max(0, (offset * rate // self.sample_rate - margin) // step_in * step_in)
-        last = min(frames, -(-(offset + self.crop_samples) * rate // self.sample_rate) + margin)
-        chunk = load_audio(path, self.sample_rate, start=first / rate, duration=(last - first) / rate)
-        head = offset - first // step_in * step_out
-        return chunk[head : head + self.crop_samples]
+        length = -(-frames * self.sample_rate // rate)  # after resampling, as torchaudio gives it
+        offset = self.crop_offset(index, length - self.crop_samples)
+        return read_crop(lambda start, duration: load_audio(path, self.sample_rate, start, duration), frames, rate,
+                         self.sample_rate, self.crop_samples, offset)
 
     def __repr__(self) -> str:
         return (

@@ -189,6 +189,21 @@ def write_meta(dst: Path, root: Path, indexes: list[dict], config: dict, bad: li
 # Reading
 
 
+def logmel_crop(clip: np.ndarray, size: int, start: int) -> torch.Tensor:
+    """Frames [start, start + size) of a clip's log-mel (n, n_mels) as (1, n_mels, size) float32.
+
+    A clip shorter than `size` is padded at both ends (floor half at the head) with the log-mel of silence,
+    log(eps), not 0: 0 in log units is a loud mel energy of 1. That is exactly what zero-padding the
+    waveform (the AudioFolder path) gives. Only the rows used are read from a memory-mapped `clip`.
+    """
+    n = clip.shape[0]
+    rows = np.asarray(clip[start : start + min(n, size)], dtype=np.float32)
+    if n < size:
+        head = (size - n) // 2
+        rows = np.pad(rows, ((head, size - n - head), (0, 0)), constant_values=SILENCE_LOG_MEL)
+    return torch.from_numpy(np.ascontiguousarray(rows.T)).unsqueeze(0)
+
+
 class LogMelShards(EpochCropDataset):
     """Random `crop_frames` crops of precomputed log-mel clips: item (1, n_mels, crop_frames) float32.
 
@@ -267,16 +282,8 @@ class LogMelShards(EpochCropDataset):
         return self._shard(int(self.shard_ids[index]))[start : start + self.n_frames[index]]
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        n, size = int(self.n_frames[index]), self.crop_frames
-        t0 = self.crop_offset(index, n - size)
-        start = int(self.offsets[index]) + t0
-        rows = np.asarray(self._shard(int(self.shard_ids[index]))[start : start + min(n, size)], dtype=np.float32)
-        if n < size:
-            # Pad with the log-mel of silence, log(eps), not 0: 0 in log units is a loud mel energy of 1.
-            # This is exactly what zero-padding the waveform (the AudioFolder path) gives, at both ends.
-            head = (size - n) // 2
-            rows = np.pad(rows, ((head, size - n - head), (0, 0)), constant_values=SILENCE_LOG_MEL)
-        return torch.from_numpy(np.ascontiguousarray(rows.T)).unsqueeze(0)
+        n = int(self.n_frames[index])
+        return logmel_crop(self.clip(index), self.crop_frames, self.crop_offset(index, n - self.crop_frames))
 
     def __getstate__(self) -> dict:
         # Memory maps would be pickled as full copies of the arrays; each process reopens its own.

@@ -171,16 +171,16 @@ def test_logmel_shards_hold_the_frontend_log_mel_and_its_statistics(corpus, tmp_
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
 def test_worker_streams_give_one_order_and_resume_at_any_batch(tmp_path):
-    ds = WebDatasetShards(id_shards(tmp_path / "ids", [9, 4, 11, 6]), crop_frames=8, shuffle_buffer=6)
+    ds = WebDatasetShards(id_shards(tmp_path / "ids", [9, 4, 11, 5]), crop_frames=8, shuffle_buffer=6)
     ds.configure(batch_size=2, n_streams=3)
-    assert ds.batches_per_epoch == 15
+    assert ds.batches_per_epoch == 14  # streams of 5, 5 and 4 batches: the last turn is short
     ds.set_epoch(1)
     inline = [batch_ids(b) for b, _ in ds]
     loader = DataLoader(ds, batch_size=None, num_workers=3)
     assert [batch_ids(b) for b, _ in loader] == inline  # the DataLoader's workers give the same order
     ids = [i for b in inline for i in b]
-    assert len(ids) == len(set(ids)) == 30 and ids != sorted(ids)  # each sample once, shuffled
-    for start in (1, 5, 14):
+    assert len(ids) == len(set(ids)) == 28 and ids != sorted(ids)  # each sample once, shuffled
+    for start in (1, 5, 11, 13):
         ds.set_epoch(1, start)
         assert [batch_ids(b) for b, _ in loader] == inline[start:], start
 

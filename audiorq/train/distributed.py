@@ -19,6 +19,8 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # A gloo group beside an NCCL one: flags agreed on the host never wait for the GPU's queued work.
+    control_group: Any = None
 
     @property
     def distributed(self) -> bool:
@@ -46,6 +48,8 @@ def init_distributed(device_name: str) -> tuple[DistContext, torch.device, bool]
     if ctx.distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
         created = True
+    if ctx.distributed and dist.get_backend() != "gloo":
+        ctx = dataclasses.replace(ctx, control_group=dist.new_group(backend="gloo"))  # every rank calls this
     return ctx, device, created
 
 
@@ -56,11 +60,16 @@ def barrier(ctx: DistContext) -> None:
 
 
 def agree_any(ctx: DistContext, device: torch.device, *flags: bool) -> tuple[bool, ...]:
-    """Each flag OR-ed over all ranks, so every rank takes the same branch; one tiny all-reduce."""
+    """Each flag OR-ed over all ranks, so every rank takes the same branch; one tiny all-reduce.
+
+    With NCCL it goes through the gloo `control_group` on the host: reading an NCCL result back would wait
+    for every kernel queued on the GPU, a stall on every step.
+    """
     if not ctx.distributed:
         return tuple(flags)
-    values = torch.tensor(flags, dtype=torch.int32, device=device)
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    on_host = ctx.control_group is not None
+    values = torch.tensor(flags, dtype=torch.int32, device="cpu" if on_host else device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX, group=ctx.control_group)
     return tuple(bool(v) for v in values.tolist())
 
 

@@ -58,8 +58,10 @@ def make_loader(parts: TrainingParts) -> DataLoader:
     workers = parts.cfg.data.num_workers
     common = dict(
         num_workers=workers, pin_memory=parts.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
-        # Workers live across epochs: set_epoch reaches them through the datasets' shared-memory position.
-        persistent_workers=workers > 0,
+        # Workers live across epochs where set_epoch reaches them (a position in shared memory, as audiorq's
+        # datasets keep it); a dataset whose set_epoch only sets an attribute gets fresh workers each epoch.
+        persistent_workers=workers > 0 and (not hasattr(parts.dataset, "set_epoch")
+                                            or getattr(parts.dataset, "epoch_in_shared_memory", False)),
         # Its own generator: iter(loader) draws a base seed, and drawing it from the global RNG would
         # shift the dropout stream depending on where an epoch (or a resume) starts.
         generator=torch.Generator().manual_seed(parts.cfg.seed),

@@ -110,6 +110,7 @@ class EpochCropDataset(Dataset):
     """
 
     kind: str = ""
+    epoch_in_shared_memory = True  # so the training loop may keep its DataLoader workers across epochs
 
     def __init__(self, seed: int = 0):
         if int(seed) < 0:

@@ -381,6 +381,8 @@ class WebDatasetShards(IterableDataset):
     takes the same number of batches.
     """
 
+    epoch_in_shared_memory = True  # so the training loop may keep its DataLoader workers across epochs
+
     def __init__(self, source: str | os.PathLike, crop_sec: float = 0.95, crop_frames: int = 96,
                  sample_rate: int = SAMPLE_RATE, n_mels: int | None = None, seed: int = 0, shuffle_buffer: int = 500,
                  cache_dir: str | os.PathLike | None = None):

@@ -300,7 +300,7 @@ class DataConfig:
     crop_frames: int = 96  # random crop per item (logmel)
     num_workers: int = 4  # DataLoader worker processes per rank (decoding)
     shuffle_buffer: int = 500  # webdataset: undecoded samples each worker shuffles in memory (0: tar order)
-    cache_dir: str | None = None  # AudioFolder header cache
+    cache_dir: str | None = None  # AudioFolder header cache, WebDataset shard counts (None: ~/.cache/audiorq)
     norm_stats: list[float] | None = None  # [mean, std] of log-mel; None = computed before training
     stats_items: int = 10000  # clips used to compute norm_stats
     max_bad_fraction: float = 0.05  # stop when this share of loaded items was unreadable

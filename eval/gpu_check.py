@@ -203,18 +203,23 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def step_seconds(step: Callable[[], Any], device: torch.device, n: int) -> list[float]:
+    """Seconds of each of n calls of step(), each between synchronizations."""
+    times = []
+    for _ in range(n):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def median_seconds(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
     """Median seconds of fn() after `warmup` untimed calls, each call between synchronizations."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(step_seconds(fn, device, repeats))
 
 
 def subprocess_env(threads: int | None = None) -> dict[str, str]:
@@ -716,18 +721,6 @@ class MinimalBYOL(torch.nn.Module):
     def ema(self, decay: float) -> None:
         online = [*self.encoder.parameters(), *self.projector.parameters()]
         torch._foreach_lerp_(list(self.target.parameters()), online, 1.0 - decay)
-
-
-def step_seconds(step: Callable[[], Any], device: torch.device, n: int) -> list[float]:
-    """Seconds of each of n calls of step(), each between synchronizations."""
-    times = []
-    for _ in range(n):
-        synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def section_overhead(ctx: Context) -> dict[str, Any]:

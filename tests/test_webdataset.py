@@ -247,8 +247,11 @@ def test_prepare_resumes_to_the_same_bytes_and_runs_in_parallel(corpus, audio_sh
     part = prepare_webdataset(broken, tmp_path / "steps", "audio", clips_per_shard=2, workers=1, progress=False,
                               max_new_shards=2)
     assert not part.complete and not (tmp_path / "steps" / INDEX_FILE).exists()
+    leftover = tmp_path / "steps" / ".shard-000002.tar.abcdefgh.tmp"  # as a killed run leaves it
+    leftover.write_bytes(b"half a tar")
     rest = prepare_webdataset(broken, tmp_path / "steps", "audio", clips_per_shard=2, workers=1, progress=False)
     assert rest.complete and rest.n_skipped == 4 and rest.n_bad == 1 and "broken.flac" in rest.bad[0][0]
+    assert not leftover.exists()
     whole = prepare_webdataset(broken, tmp_path / "whole", "audio", clips_per_shard=2, workers=2, progress=False)
     names = sorted(p.name for p in (tmp_path / "whole").glob("*.tar"))
     assert names == [f"shard-{i:06d}.tar" for i in range(4)] and whole.n_bad == 1

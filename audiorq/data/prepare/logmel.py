@@ -18,7 +18,7 @@ import torch
 from audiorq.audio import AudioError, load_audio
 from audiorq.config import FrontendConfig, from_dict, to_dict
 from audiorq.data.prepare.runner import (
-    PrepareSummary, check_destination, default_workers, fix_plan, output_errors, progress_bar, run_jobs,
+    PrepareSummary, check_destination, default_workers, fix_plan, output_errors, run_shard_jobs,
 )
 from audiorq.data.pretrain.scan import scan_audio
 from audiorq.data.pretrain.logmel_shards import (
@@ -165,29 +165,10 @@ def _prepare(src: Path, dst: Path, frontend_config: FrontendConfig, config: dict
             "shards": groups}
     fix_plan(dst / PLAN_FILE, plan, {"shards": "files"})
 
-    indexes: dict[int, dict] = {}
-    for shard_id in range(len(groups)):
-        index = finished_shard(shard_dir, shard_id)
-        if index is not None:
-            indexes[shard_id] = index
-    todo = [i for i in range(len(groups)) if i not in indexes]
-    if max_new_shards is not None:
-        todo = todo[: max(0, int(max_new_shards))]
-    n_skipped = sum(len(groups[i]) for i in indexes)
-    n_done = 0
-    bar = progress_bar(len(good), n_skipped, "prepare logmel", "clip", progress)
-
-    def on_result(index: dict) -> None:
-        nonlocal n_done
-        indexes[index["shard"]] = index
-        n_done += len(index["paths"]) + len(index["bad"])
-        bar.update(len(index["paths"]) + len(index["bad"]))
-
-    jobs = ((_build_shard, (i, str(scan.root), groups[i], config, str(shard_dir))) for i in todo)
-    try:
-        run_jobs(jobs, workers, on_result)
-    finally:
-        bar.close()
+    indexes, n_done, n_skipped = run_shard_jobs(
+        groups, lambda i: finished_shard(shard_dir, i),
+        lambda i: (_build_shard, (i, str(scan.root), groups[i], config, str(shard_dir))),
+        lambda index: len(index["paths"]) + len(index["bad"]), workers, progress, "prepare logmel", max_new_shards)
 
     bad = [(str(scan.root / p), r) for p, r in scan_bad]
     bad += [(str(scan.root / p), r) for i in sorted(indexes) for p, r in indexes[i]["bad"]]

@@ -193,3 +193,40 @@ def run_jobs(
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def run_shard_jobs(
+    groups: list[list[str]],
+    finished: Callable[[int], dict | None],
+    job: Callable[[int], tuple[Callable, tuple]],
+    items: Callable[[dict], int],
+    workers: int,
+    progress: bool,
+    desc: str,
+    max_new: int | None = None,
+) -> tuple[dict[int, dict], int, int]:
+    """Build every shard of `groups` (clip lists) not `finished` yet, at most `max_new` of them, with a bar.
+
+    `finished(i)` is shard i's result if an earlier run completed it, `job(i)` its (fn, args), `items(result)`
+    the clips a result accounts for, and each result names its shard as result["shard"]. Returns (results by
+    shard, clips done now, clips of shards finished before).
+    """
+    results = {i: r for i in range(len(groups)) if (r := finished(i)) is not None}
+    todo = [i for i in range(len(groups)) if i not in results]
+    if max_new is not None:
+        todo = todo[: max(0, int(max_new))]
+    n_skipped = sum(len(groups[i]) for i in results)
+    n_done = 0
+    bar = progress_bar(sum(len(g) for g in groups), n_skipped, desc, "clip", progress)
+
+    def on_result(result: dict) -> None:
+        nonlocal n_done
+        results[result["shard"]] = result
+        n_done += items(result)
+        bar.update(items(result))
+
+    try:
+        run_jobs((job(i) for i in todo), workers, on_result)
+    finally:
+        bar.close()
+    return results, n_done, n_skipped

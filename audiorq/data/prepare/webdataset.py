@@ -18,17 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from audiorq.atomic import atomic_write_text
+from audiorq.atomic import atomic_write_text, remove_temporaries
 from audiorq.audio import AudioError, file_problem
 from audiorq.config import FrontendConfig, from_dict, to_dict
 from audiorq.data.prepare.logmel import clip_logmel, frontend_for
 from audiorq.data.prepare.runner import (
-    PrepareSummary, check_destination, default_workers, fix_plan, output_errors, progress_bar, run_jobs,
+    PrepareSummary, check_destination, default_workers, fix_plan, output_errors, run_shard_jobs,
 )
 from audiorq.data.pretrain.logmel_shards import merge_moments, merge_stats
 from audiorq.data.pretrain.scan import scan_audio
 from audiorq.data.pretrain.webdataset_shards import (
-    CONTENTS, LOGMEL_MEMBER, logmel_member, shard_name, write_index, write_tar_shard,
+    CONTENTS, INDEX_FILE, LOGMEL_MEMBER, logmel_member, shard_name, write_index, write_tar_shard,
 )
 
 DEFAULT_CLIPS_PER_SHARD = 1000  # AudioSet's 2 M clips: 2,000 shards; 10 s clips: ~2.8 h of audio per shard
@@ -150,28 +150,17 @@ def _prepare(src: Path, dst: Path, content: str, config: dict | None, clips_per_
     plan = {"source": str(src.resolve()), "content": content, "frontend": config, "clips_per_shard": clips_per_shard,
             "seed": seed, "shards": groups}
     fix_plan(dst / PLAN_FILE, plan, {"shards": "files"})
-
-    records = {i: r for i in range(len(groups)) if (r := _finished(dst, i)) is not None}
-    todo = [i for i in range(len(groups)) if i not in records]
-    if max_new_shards is not None:
-        todo = todo[: max(0, int(max_new_shards))]
-    n_skipped = sum(len(groups[i]) for i in records)
-    n_done = 0
-    bar = progress_bar(len(good), n_skipped, "prepare webdataset", "clip", progress)
-
-    def on_result(record: dict) -> None:
-        nonlocal n_done
-        records[record["shard"]] = record
-        done = record["nsamples"] + len(record["bad"])
-        n_done += done
-        bar.update(done)
+    # What a killed run was writing (one run per destination at a time).
+    names = [shard_name(i) for i in range(len(groups))]
+    remove_temporaries(dst, names + [INDEX_FILE])
+    remove_temporaries(dst / RECORD_DIR, [f"{name}.json" for name in names])
 
     firsts = np.cumsum([0] + [len(g) for g in groups]).tolist()
-    jobs = ((_build_shard, (i, str(scan.root), groups[i], firsts[i], content, config, str(dst))) for i in todo)
-    try:
-        run_jobs(jobs, workers, on_result)
-    finally:
-        bar.close()
+    records, n_done, n_skipped = run_shard_jobs(
+        groups, lambda i: _finished(dst, i),
+        lambda i: (_build_shard, (i, str(scan.root), groups[i], firsts[i], content, config, str(dst))),
+        lambda record: record["nsamples"] + len(record["bad"]), workers, progress, "prepare webdataset",
+        max_new_shards)
 
     bad = [(str(scan.root / p), r) for p, r in scan_bad]
     bad += [(str(scan.root / p), r) for i in sorted(records) for p, r in records[i]["bad"]]

@@ -28,14 +28,15 @@ run) and is skipped, with the reason recorded, once the budget left is below wha
                     20,000 samples/s target; data + augmentation share (target <= 10 %); peak GPU memory.
                     Configs: shards with channels_last on / off, WebDataset tar shards (data.kind=webdataset),
                     and audio files (data.kind=wave, the decode ceiling); each also times its DataLoader alone
-  overhead          what the pipeline adds: samples/s of the recipe's real steps (loader, views, train_step,
-                    EMA) against a minimal hand-written BYOL step of the same network and sizes on
-                    ready-made views, alternating in 3 rounds in the same run, medians (target: ratio >= 0.95)
   torchrun          `python -m torch.distributed.run --standalone --nproc_per_node=1 -m audiorq.cli pretrain`
                     for a few steps (writes checkpoint.pt), then the same with resume=auto continuing it:
                     exit codes and the checkpoint's step before and after
-  pretrain_compile  as `pretrain` with compile=true (channels_last on / off); last because compiling is the
-                    slowest part and the first to give up when time runs short. Skipped with --smoke.
+  pretrain_compile  as `pretrain` with compile=true (channels_last on / off); late because compiling is the
+                    slowest part. Skipped with --smoke.
+  overhead          what the pipeline adds: samples/s of the recipe's real steps (loader, views, train_step,
+                    EMA) against a minimal hand-written BYOL step of the same network and sizes on
+                    ready-made views, alternating in 3 rounds in the same run, medians (target: ratio >= 0.95);
+                    last, as the one to give up when the budget runs short
 
 --device cpu (without --smoke): the full sizes in fp32 on the CPU, for `--only overhead` (minutes per step).
 --smoke: device cpu, batch 4, d 32, a few steps, 32 clips, no DataLoader workers; `cuda_tests` runs pytest
@@ -840,8 +841,8 @@ SECTIONS: dict[str, tuple[Callable[[Context], dict[str, Any]], float]] = {
     "probe": (section_probe, 25.0),
     "pretrain": (section_pretrain, 60.0),
     "torchrun": (section_torchrun, 60.0),
-    "overhead": (section_overhead, 60.0),
     "pretrain_compile": (section_pretrain_compile, 120.0),
+    "overhead": (section_overhead, 40.0),
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("environment", "cuda_tests", "corpus", "augment", "frontend", "probe", "pretrain", "torchrun",
-            "overhead", "pretrain_compile")
+            "pretrain_compile", "overhead")
 CUDA_ONLY = {"cuda_tests", "pretrain_compile"}  # on a CPU these record a skip (with the reason) instead of running
 
 

@@ -1,10 +1,12 @@
 """WebDataset tar shards: the epoch plan, reading audio and log-mel members, bad members, prepare (resumable,
-parallel), foreign shards, training and exact mid-epoch resume, and coverage on 2 gloo ranks."""
+parallel), foreign shards, training and exact mid-epoch resume, coverage and DDP training on 2 gloo ranks."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import socket
 import sys
 import tarfile
@@ -353,3 +355,42 @@ def test_two_gloo_ranks_read_disjoint_shares_covering_the_epoch(tmp_path):
         assert len(both) == len(set(both)) == 36 and set(both) <= set(range(40))
     left = [set(range(40)) - {i for g in gathered for b in g[e] for i in b} for e in (0, 1)]
     assert left[0] != left[1]  # the samples left over change with the epoch
+
+
+def _ddp_training_rank(rank: int, world: int, port: int, shards: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer = Trainer(wds_config(Path(out) / "run", Path(shards), "max_steps=3", "batch_size=8"))
+    trainer.fit()
+    torch.save({"learner": trainer.parts.learner.state_dict(), "seen": trainer.parts.progress.seen,
+                "steps_per_epoch": trainer.parts.steps_per_epoch}, Path(out) / f"rank{rank}.pt")
+
+
+def test_ddp_training_on_webdataset_shards_keeps_ranks_in_step(audio_shards, tmp_path):
+    # 23 samples, 2 ranks x 4: 2 steps per epoch, so step 3 crosses an epoch boundary on both ranks.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_training_rank, args=(2, port, str(audio_shards), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert r0["steps_per_epoch"] == r1["steps_per_epoch"] == 2 and r0["seen"] == r1["seen"] == 12
+    params = [k for k in r0["learner"] if "running_" not in k and "num_batches" not in k]
+    assert_states_equal({k: r0["learner"][k] for k in params}, {k: r1["learner"][k] for k in params})
+
+
+def test_foreign_gzip_shards_of_audio_are_read(corpus, tmp_path):
+    root = tmp_path / "gz"
+    root.mkdir()
+    files = sorted(corpus.rglob("*.flac"))[:6]
+    with tarfile.open(root / "foreign-0.tar.gz", "w:gz") as tar:
+        for i, path in enumerate(files):
+            tar.add(path, arcname=f"clips/{i:03d}.flac")
+            info = tarfile.TarInfo(f"clips/{i:03d}.txt")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    ds = WebDatasetShards(root, cache_dir=tmp_path / "cache", shuffle_buffer=0)
+    assert ds.content == "audio" and ds.counts == [6]
+    ds.configure(batch_size=6)
+    (batch, n_bad), = list(ds)
+    assert n_bad == 0 and batch.shape == (6, 15200)

@@ -120,17 +120,8 @@ def load_audio(
                         on_disk=True)
 
 
-def decode_audio(
-    data: bytes,
-    name: str,
-    sample_rate: int = SAMPLE_RATE,
-    start: float = 0.0,
-    duration: float | None = None,
-) -> torch.Tensor:
-    """`load_audio` for an encoded audio file held in memory (a tar member): mono float32 (S,).
-
-    `name` stands for the file in every AudioError.
-    """
+def audio_bytes_info(data: bytes, name: str) -> AudioInfo:
+    """`audio_info` for an encoded audio file held in memory; `name` stands for it in the AudioError."""
     try:
         header = sf.info(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
@@ -138,7 +129,22 @@ def decode_audio(
     if header.frames < 0 or header.samplerate < 1 or header.channels < 1:
         raise AudioError(name, f"unreadable audio (header says {header.frames} frames, {header.samplerate} Hz, "
                                f"{header.channels} channels)")
-    info = AudioInfo(frames=int(header.frames), sample_rate=int(header.samplerate), channels=int(header.channels))
+    return AudioInfo(frames=int(header.frames), sample_rate=int(header.samplerate), channels=int(header.channels))
+
+
+def decode_audio(
+    data: bytes,
+    name: str,
+    sample_rate: int = SAMPLE_RATE,
+    start: float = 0.0,
+    duration: float | None = None,
+    info: AudioInfo | None = None,
+) -> torch.Tensor:
+    """`load_audio` for an encoded audio file held in memory (a tar member): mono float32 (S,).
+
+    `name` stands for the file in every AudioError; `info`: its `audio_bytes_info`, if already read.
+    """
+    info = info or audio_bytes_info(data, name)
     return _decode_span(lambda **kw: sf.read(io.BytesIO(data), **kw), name, info, sample_rate, start, duration)
 
 

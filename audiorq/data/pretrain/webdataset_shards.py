@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from audiorq.atomic import atomic_write, atomic_write_text
-from audiorq.audio import AudioError, decode_audio, printable_path
+from audiorq.audio import AudioError, audio_bytes_info, decode_audio, printable_path
 from audiorq.config import SAMPLE_RATE
 from audiorq.data.pretrain.audio_folder import crop_offset, read_crop, report_bad_file
 from audiorq.data.pretrain.logmel_shards import logmel_crop
@@ -522,19 +522,16 @@ class WebDatasetShards(IterableDataset):
             return None
 
     def _audio_crop(self, raw: _Raw, epoch: int) -> torch.Tensor:
-        import soundfile as sf
-
-        try:
-            header = sf.info(io.BytesIO(raw.data))
-        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-            raise AudioError(raw.name, f"unreadable audio ({e})") from None
-        rate, frames = int(header.samplerate), int(header.frames)
-        if rate < 1 or frames < 1:
-            raise AudioError(raw.name, f"empty or unreadable audio ({frames} frames at {rate} Hz)")
-        length = -(-frames * self.sample_rate // rate)  # after resampling, as torchaudio gives it
+        info = audio_bytes_info(raw.data, raw.name)
+        if info.frames == 0:
+            raise AudioError(raw.name, "empty audio (0 samples)")
+        length = -(-info.frames * self.sample_rate // info.sample_rate)  # after resampling, as torchaudio gives it
         offset = crop_offset(self.seed, epoch, raw.item, length - self.crop_samples)
-        return read_crop(lambda start, duration: decode_audio(raw.data, raw.name, self.sample_rate, start, duration),
-                         frames, rate, self.sample_rate, self.crop_samples, offset)
+
+        def load(start: float, duration: float | None) -> torch.Tensor:
+            return decode_audio(raw.data, raw.name, self.sample_rate, start, duration, info=info)
+
+        return read_crop(load, info.frames, info.sample_rate, self.sample_rate, self.crop_samples, offset)
 
     def _logmel_crop(self, raw: _Raw, epoch: int) -> torch.Tensor:
         lm = npy_view(raw.data, raw.name)

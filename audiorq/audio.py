@@ -70,10 +70,20 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     problem = file_problem(path)
     if problem:
         raise AudioError(path, problem)
+    return _header(os.fsencode(path), path, on_disk=True)  # bytes: soundfile cannot encode a non-UTF-8 name
+
+
+def audio_bytes_info(data: bytes, name: str) -> AudioInfo:
+    """`audio_info` for an encoded audio file held in memory; `name` stands for it in the AudioError."""
+    return _header(io.BytesIO(data), name)
+
+
+def _header(source, path: str | os.PathLike, on_disk: bool = False) -> AudioInfo:
+    """The checked header of `source` (what soundfile opens), AudioError naming `path` if it is unusable."""
     try:
-        info = sf.info(os.fsencode(path))  # bytes: soundfile cannot encode a name that is not valid UTF-8
+        info = sf.info(source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(path, f"unreadable audio ({_reason(e, path)})") from None
+        raise AudioError(path, f"unreadable audio ({_reason(e, Path(path) if on_disk else None)})") from None
     if info.frames < 0 or info.samplerate < 1 or info.channels < 1:
         raise AudioError(path, f"unreadable audio (header says {info.frames} frames, {info.samplerate} Hz, "
                                f"{info.channels} channels)")
@@ -118,18 +128,6 @@ def load_audio(
     info = audio_info(path)
     return _decode_span(lambda **kw: sf.read(os.fsencode(path), **kw), path, info, sample_rate, start, duration,
                         on_disk=True)
-
-
-def audio_bytes_info(data: bytes, name: str) -> AudioInfo:
-    """`audio_info` for an encoded audio file held in memory; `name` stands for it in the AudioError."""
-    try:
-        header = sf.info(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(name, f"unreadable audio ({_reason(e)})") from None
-    if header.frames < 0 or header.samplerate < 1 or header.channels < 1:
-        raise AudioError(name, f"unreadable audio (header says {header.frames} frames, {header.samplerate} Hz, "
-                               f"{header.channels} channels)")
-    return AudioInfo(frames=int(header.frames), sample_rate=int(header.samplerate), channels=int(header.channels))
 
 
 def decode_audio(

@@ -11,6 +11,7 @@ last one); at the end `Trainer.summary` says what happened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -227,14 +228,6 @@ class Trainer:
         if self.parts is None or self.parts.ctx.is_main:
             log.warning("signal %d: saving a checkpoint after this step (press Ctrl-C again to abort)", signum)
 
-    @staticmethod
-    def _row_ends_here(p: TrainingParts) -> bool:
-        """Whether the step just taken ends a metrics interval: a log step, an epoch's last batch, a checkpoint."""
-        cfg, prog = p.cfg, p.progress
-        return (prog.step % cfg.log.every_steps == 0 or prog.batch_in_epoch >= p.steps_per_epoch
-                or prog.step >= p.total_steps
-                or bool(cfg.checkpoint_every_steps and prog.step % cfg.checkpoint_every_steps == 0))
-
     def _evaluator(self, p: TrainingParts) -> Callable[[int, int], None] | None:
         """The online kNN / linear evaluation `monitor.task` asks for, as evaluate(step, epoch); None if none."""
         cfg = p.cfg.monitor
@@ -305,7 +298,7 @@ class Trainer:
                     )
                 if stop:
                     raise TrainingInterrupted(self.save_checkpoint(last=True))
-                out, measured = None, None
+                out = None
                 if not not_ok:
                     view1, view2 = p.views(batch.to(p.device, non_blocking=True), generator=p.aug_generator)
                     out = train_step(p, view1, view2, p.learning_rate(prog.step), p.ema_decay(prog.step))
@@ -315,17 +308,17 @@ class Trainer:
                         if logger is not None:
                             log.info("step %d: the encoder is unfrozen (model.freeze_encoder_steps)", prog.step)
                 prog.batch_in_epoch += 1
+                measure = None
                 if health is not None and out is not None:
                     health.add(out.embeddings)
-                    if self._row_ends_here(p):  # the host syncs only where a metrics row is written
-                        measured = health.measure(out.embeddings, out.projections, prog.step)
+                    measure = functools.partial(health.measure, out.embeddings, out.projections, prog.step)
                 if logger is not None:
                     last = max(prog.step - 1, 0)
                     logger.after_step(StepRecord(
                         step=prog.step, epoch=prog.epoch, loss=None if out is None else out.loss,
                         lr=p.learning_rate(last), ema_decay=p.ema_decay(last),
                         samples=0 if batch is None else batch.shape[0] * p.ctx.world_size, data_time=t_data,
-                        step_time=time.perf_counter() - t0, seen=prog.seen, skipped=prog.skipped, health=measured,
+                        step_time=time.perf_counter() - t0, seen=prog.seen, skipped=prog.skipped, health=measure,
                     ))
                     every = cfg.monitor.every_steps
                     if evaluate is not None and out is not None and every and prog.step % every == 0:

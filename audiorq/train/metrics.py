@@ -34,6 +34,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -61,7 +62,8 @@ class StepRecord:
     step_time: float  # seconds for the whole iteration, data wait included
     seen: int  # items loaded so far on this rank
     skipped: int  # unreadable items so far on this rank
-    health: dict[str, float] | None = None  # the monitor's label-free health, on log steps
+    # The monitor's label-free health of this step, measured (a host sync) only if the step ends a row.
+    health: Callable[[], dict[str, float]] | None = None
 
 
 class RunLogger:
@@ -98,7 +100,6 @@ class RunLogger:
         self.loss_sum: torch.Tensor | float = 0.0
         self.n_loss = self.samples = self.n_batches = 0
         self.data_time = self.step_time = 0.0
-        self.health: dict[str, float] | None = None
 
     def start_epoch(self, epoch: int, batch_in_epoch: int) -> None:
         """Epoch `epoch` (0-based counter) begins, at `batch_in_epoch` when resuming inside it."""
@@ -130,8 +131,6 @@ class RunLogger:
         self.step_time += record.step_time
         self.n_batches += 1
         self.last = record
-        if record.health is not None:
-            self.health = record.health
         if self.bar is not None and record.loss is not None:
             self.bar.update(1)  # the bar counts optimizer steps, as total_steps does
         # Intervals end at multiples of every_steps (not every N batches), so a resumed run keeps the grid.
@@ -145,6 +144,7 @@ class RunLogger:
             return
         r = self.last
         loss = float(self.loss_sum) / self.n_loss  # the one sync per interval
+        health = r.health() if r.health is not None else None
         self.epoch_loss_sum += loss * self.n_loss
         self.epoch_n += self.n_loss
         self.last_loss = loss
@@ -156,19 +156,19 @@ class RunLogger:
             "step_time_s": self.step_time / self.n_batches, "data_share": self.data_time / self.step_time,
             "skipped": r.skipped, "seen": r.seen, "eta_s": eta, "time": time.time(),
         }
-        row.update(self.health or {})
+        row.update(health or {})
         self._write(row)
         if self.tb is not None:
             for key in TENSORBOARD_KEYS:
                 self.tb.add_scalar(f"train/{key}", row[key], r.step)
-            for key, value in (self.health or {}).items():
+            for key, value in (health or {}).items():
                 self.tb.add_scalar(f"health/{key}", value, r.step)
         if self.bar is not None:
-            health = {"rank": f"{self.health['effective_rank']:.1f}"} if self.health else {}
+            rank = {"rank": f"{health['effective_rank']:.1f}"} if health else {}
             self.bar.set_postfix(
                 loss=f"{loss:.4f}", sps=f"{row['samples_per_s']:.0f}",
                 data=f"{1e3 * row['data_time_s']:.0f}ms", step=f"{1e3 * row['step_time_s']:.0f}ms",
-                **health, **self.monitor_postfix,
+                **rank, **self.monitor_postfix,
             )
         elif not self.cfg.progress:
             # No bar (batch jobs, redirected logs): the same numbers as a log line.

@@ -25,7 +25,7 @@ from audiorq.data.prepare.logmel import clip_logmel, frontend_for
 from audiorq.data.prepare.runner import (
     PrepareSummary, check_destination, default_workers, fix_plan, output_errors, run_shard_jobs,
 )
-from audiorq.data.pretrain.logmel_shards import merge_moments, merge_stats
+from audiorq.data.pretrain.logmel_shards import clip_moments, merge_moments, merge_stats
 from audiorq.data.pretrain.scan import scan_audio
 from audiorq.data.pretrain.webdataset_shards import (
     CONTENTS, INDEX_FILE, LOGMEL_MEMBER, logmel_member, shard_name, write_index, write_tar_shard,
@@ -60,9 +60,7 @@ def _samples(root: Path, rels: list[str], first_key: int, content: str, config: 
                     raise AudioError(path, e.strerror or type(e).__name__) from None
             else:
                 lm = clip_logmel(frontend, path)
-                values = lm.astype(np.float64)
-                mean = float(values.mean())
-                moments.append((values.size, mean, float(np.square(values - mean).sum())))
+                moments.append(clip_moments(lm))
                 member = {LOGMEL_MEMBER: logmel_member(lm)}
         except AudioError as e:
             bad.append([rel, e.reason])

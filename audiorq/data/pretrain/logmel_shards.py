@@ -73,6 +73,13 @@ def npy_header(shape: tuple[int, ...], descr: str = "<f2") -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", NPY_HEADER_BYTES - 10) + (text + " " * pad + "\n").encode("latin1")
 
 
+def clip_moments(lm: np.ndarray) -> tuple[int, float, float]:
+    """(count, mean, M2) of the stored (float16) values of one clip's log-mel, for an exact merge."""
+    values = lm.astype(np.float64)
+    mean = float(values.mean())
+    return values.size, mean, float(np.square(values - mean).sum())
+
+
 def merge_moments(parts: Iterable[tuple[int, float, float]]) -> tuple[int, float, float]:
     """Merge partial (count, mean, M2) moments (Chan et al.'s parallel update) into one (count, mean, M2)."""
     n, mean, m2 = 0, 0.0, 0.0
@@ -118,10 +125,7 @@ def write_shard(shard_dir: str | os.PathLike, shard_id: int, n_mels: int,
             f.write(np.ascontiguousarray(lm).tobytes())
             n_frames.append(int(lm.shape[0]))
             kept.append(rel)
-            # Statistics of the stored (float16) values, as (count, mean, M2) for an exact merge.
-            values = lm.astype(np.float64)
-            mean = float(values.mean())
-            parts.append((values.size, mean, float(np.square(values - mean).sum())))
+            parts.append(clip_moments(lm))
         f.seek(0)
         f.write(npy_header((sum(n_frames), n_mels)))
         f.seek(0, os.SEEK_END)

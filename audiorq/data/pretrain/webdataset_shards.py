@@ -523,8 +523,6 @@ class WebDatasetShards(IterableDataset):
 
     def _audio_crop(self, raw: _Raw, epoch: int) -> torch.Tensor:
         info = audio_bytes_info(raw.data, raw.name)
-        if info.frames == 0:
-            raise AudioError(raw.name, "empty audio (0 samples)")
         length = -(-info.frames * self.sample_rate // info.sample_rate)  # after resampling, as torchaudio gives it
         offset = crop_offset(self.seed, epoch, raw.item, length - self.crop_samples)
 

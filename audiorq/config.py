@@ -286,6 +286,9 @@ LEGACY_VALUES: dict[str, Any] = {
 }
 
 DATA_KINDS = ("wave", "logmel", "webdataset")
+# torch.compile's modes; on CUDA the last two replay each step as CUDA graphs (CPU runs ignore that part).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 MAX_CROP_SEC = 3600.0  # an hour per crop is already far past any pretraining recipe; inf would overflow
 
 
@@ -382,6 +385,7 @@ class PretrainConfig:
     batch_size: int = 256  # global batch, split across ranks
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with GradScaler)
     compile: bool = False  # torch.compile the learner
+    compile_mode: str = "default"  # with compile=true: default | reduce-overhead (CUDA graphs) | max-autotune
     channels_last: bool = True  # NHWC convolutions on CUDA (ignored on CPU)
     checkpoint_every_steps: int = 0  # also checkpoint every N steps (0: each epoch only)
     frontend: FrontendConfig = dataclasses.field(default_factory=FrontendConfig)
@@ -394,6 +398,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         if self.resume not in ("no", "auto") and not self.resume.endswith((".pt", ".pth")):
             raise ConfigError(f"resume must be no, auto or a checkpoint path (.pt), got {self.resume!r}")
         if not 0 <= self.seed <= MAX_SEED:

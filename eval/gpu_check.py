@@ -31,8 +31,9 @@ run) and is skipped, with the reason recorded, once the budget left is below wha
   torchrun          `python -m torch.distributed.run --standalone --nproc_per_node=1 -m audiorq.cli pretrain`
                     for a few steps (writes checkpoint.pt), then the same with resume=auto continuing it:
                     exit codes and the checkpoint's step before and after
-  pretrain_compile  as `pretrain` with compile=true (channels_last on / off); late because compiling is the
-                    slowest part. Skipped with --smoke.
+  pretrain_compile  as `pretrain` with compile=true: channels_last on, CUDA graphs (compile_mode=
+                    reduce-overhead), channels_last off; late because compiling is the slowest part. Skipped
+                    with --smoke.
   overhead          what the pipeline adds: samples/s of the recipe's real steps (loader, views, train_step,
                     EMA) against a minimal hand-written BYOL step of the same network and sizes on
                     ready-made views, alternating in 3 rounds in the same run, medians (target: ratio >= 0.95);
@@ -788,7 +789,7 @@ def section_overhead(ctx: Context) -> dict[str, Any]:
 
 
 def section_pretrain_compile(ctx: Context) -> dict[str, Any]:
-    """Pretraining throughput with compile=true (channels_last on / off); CUDA only."""
+    """Pretraining throughput with compile=true (channels_last on, CUDA graphs, channels_last off); CUDA only."""
     if ctx.plan.smoke:
         raise SectionSkip("--smoke: torch.compile on a small CPU takes minutes (inductor C++ builds)")
     need_corpus(ctx)
@@ -796,6 +797,8 @@ def section_pretrain_compile(ctx: Context) -> dict[str, Any]:
     shards = [f"data.source={ctx.shards}", "data.kind=logmel", f"data.num_workers={p.workers}"]
     return training_section(ctx, [
         ("shards, compile, channels_last", shards + ["compile=true", "channels_last=true"], p.compile_warmup, 120.0),
+        ("shards, compile reduce-overhead (CUDA graphs), channels_last",
+         shards + ["compile=true", "compile_mode=reduce-overhead", "channels_last=true"], p.compile_warmup, 120.0),
         ("shards, compile, no channels_last", shards + ["compile=true", "channels_last=false"], p.compile_warmup,
          100.0),
     ])

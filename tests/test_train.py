@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 from audiorq.config import ConfigError, PretrainConfig, from_dict, load_config, recipe_names
 from audiorq.models import AudioNTT2020
 from audiorq.train import (
-    BadDataError, ResumableSampler, RunDirError, Trainer, TrainingInterrupted, load_checkpoint, pretrain,
+    BadDataError, ResumableSampler, RunDirError, Trainer, TrainingInterrupted, TrainingParts, load_checkpoint,
+    pretrain,
 )
 from audiorq.train.metrics import RunLogger, StepRecord, read_metrics
 
@@ -155,6 +156,23 @@ def test_resume_refuses_a_changed_experiment(tmp_path, straight_run):
     shutil.copytree(straight_run, run)
     with pytest.raises(ConfigError, match="augment.rq.bins"):
         pretrain(tiny_config(run, "max_steps=4", "resume=auto", "augment.rq.bins=3"), dataset=ToyWaves())
+
+
+def test_cuda_graph_mode_compiles_with_it_marks_each_step_and_trains_the_same(tmp_path, straight_run, monkeypatch):
+    # CPU stand-in for CUDA: torch.compile records its mode and returns the module; the parts act as on CUDA.
+    modes, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr(TrainingParts, "cuda_graphs", property(lambda self: True))
+    run = pretrain(tiny_config(tmp_path / "g", "max_steps=3", "compile=true", "compile_mode=reduce-overhead"),
+                   dataset=ToyWaves())
+    assert modes == ["reduce-overhead"] and len(marks) == 3
+    # Cloning the outputs for the logger changes no number: same weights and logged losses as the plain run.
+    assert_states_equal(learner_state(straight_run), learner_state(run))
+    losses = [[(r["step"], r.get("loss")) for r in read_metrics(d / "metrics.jsonl")] for d in (run, straight_run)]
+    assert losses[0] == losses[1]
+    with pytest.raises(ConfigError, match="compile_mode"):
+        tiny_config(tmp_path / "x", "compile_mode=cudagraphs")
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path, straight_run):

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from audiorq.augment import AugmentationChain, NormalizeBatch, PrecomputedNorm, build_augmentation
-from audiorq.config import POST_NORMS, ConfigError, OptimConfig, PretrainConfig, to_dict
+from audiorq.config import CUDA_GRAPH_MODES, POST_NORMS, ConfigError, OptimConfig, PretrainConfig, to_dict
 from audiorq.data.pretrain import (
     AudioFolder, LogMelShards, ResumableSampler, WebDatasetShards, compute_norm_stats, is_logmel_shards,
     is_webdataset_source,
@@ -96,6 +96,11 @@ class TrainingParts:
     norm_stats: list[float]
     progress: Progress  # zeros, or where the resumed checkpoint left off
     resumed_from: Path | None
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether `model` replays its steps as CUDA graphs (compile=true with a CUDA-graph compile_mode, on CUDA)."""
+        return self.cfg.compile and self.cfg.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
 
     def learning_rate(self, step: int) -> float:
         """Learning rate of optimizer step `step`."""
@@ -309,7 +314,7 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None,
                                                     find_unused_parameters=cfg.model.freeze_encoder_steps > 0)
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     return TrainingParts(
         cfg=cfg, run=run, ctx=ctx, device=device, owns_process_group=owns_group, amp_dtype=amp_dtype,
         learner=learner, model=model, optimizer=optimizer, scaler=scaler, views=views, aug_generator=aug_generator,

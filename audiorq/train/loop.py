@@ -80,6 +80,8 @@ def train_step(parts: TrainingParts, view1: torch.Tensor, view2: torch.Tensor, l
     """
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
+    if parts.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()  # this step's graph outputs may overwrite the last step's
     with torch.autocast(parts.device.type, dtype=parts.amp_dtype or torch.float32, enabled=parts.amp_dtype is not None):
         out = parts.model(view1, view2, outputs=True)
     loss = out.loss
@@ -92,6 +94,8 @@ def train_step(parts: TrainingParts, view1: torch.Tensor, view2: torch.Tensor, l
         loss.backward()
         parts.optimizer.step()
     parts.learner.update_target(ema_decay)
+    if parts.cuda_graphs:  # the logger keeps outputs past the next replay, which reuses their memory
+        return BYOLOutput(*(t.detach().clone() for t in out))
     return out._replace(loss=loss.detach())
 
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # Config keys that may differ between a checkpoint and the run resuming it; anything else (model,
 # augmentation, data, batch, optimizer) would silently change the experiment, so it is refused.
 RESUMABLE_CHANGES = (
-    "resume", "epochs", "max_steps", "checkpoint_every_steps", "out_dir", "device", "compile",
+    "resume", "epochs", "max_steps", "checkpoint_every_steps", "out_dir", "device", "compile", "compile_mode",
     "data.source", "data.num_workers", "data.cache_dir", "log.", "monitor.",
 )
 

@@ -66,6 +66,7 @@ class Checkpoint(TypedDict):
     norm_stats: list[float]  # [mean, std] of the pre-normalization
     config: dict[str, Any]  # the resolved PretrainConfig as a plain dict
     world_size: int
+    health: dict[str, Any] | None  # the monitor's embedding buffer and collapse streak (rank 0); absent before 0.3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -226,6 +226,20 @@ def test_a_run_with_the_monitor_logs_its_keys_and_takes_the_same_steps(tmp_path)
     assert json.loads((watched / "metrics.jsonl").read_text().splitlines()[-1])["epoch_end"] == 4
 
 
+def test_a_resumed_run_logs_the_health_values_of_a_straight_run(tmp_path):
+    # The embedding buffer (32 rows, 4 per step) spans the checkpoint at step 6: a fresh buffer would differ.
+    common = ["monitor.buffer_size=32", "log.every_steps=2", "epochs=2"]
+    straight = Trainer(tiny_config(tmp_path / "a", *common), dataset=ToyWaves(n=24)).fit()
+    Trainer(tiny_config(tmp_path / "b", *common, "max_steps=6"), dataset=ToyWaves(n=24)).fit()
+    resumed = Trainer(tiny_config(tmp_path / "b", *common, "resume=auto"), dataset=ToyWaves(n=24)).fit()
+    health = [[(r["step"], r["embedding_std"], r["projection_std"], r["effective_rank"])
+               for r in read_rows(run / "metrics.jsonl") if "effective_rank" in r] for run in (straight, resumed)]
+    assert [s for s, *_ in health[0]] == [2, 4, 6, 8, 10, 12]
+    assert health[0] == health[1]
+    saved = load_checkpoint(straight / "checkpoint.pt")["health"]
+    assert saved["filled"] == 32 and saved["buffer"].shape == (32, 32) and saved["streak"] == 0
+
+
 def test_monitor_options_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="monitor.task and monitor.data"):
         tiny_config(tmp_path, "monitor.task=esc10")

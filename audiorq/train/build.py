@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,6 +97,7 @@ class TrainingParts:
     norm_stats: list[float]
     progress: Progress  # zeros, or where the resumed checkpoint left off
     resumed_from: Path | None
+    health_state: dict[str, Any] | None  # the checkpoint's HealthMonitor state (None: a fresh run or none saved)
 
     @property
     def cuda_graphs(self) -> bool:
@@ -320,5 +322,5 @@ def build_training(cfg: PretrainConfig, dataset: Dataset | None = None) -> Train
         learner=learner, model=model, optimizer=optimizer, scaler=scaler, views=views, aug_generator=aug_generator,
         dataset=dataset, sampler=sampler, local_batch=local_batch, steps_per_epoch=steps_per_epoch,
         schedule_steps=schedule_steps, total_steps=total_steps, norm_stats=norm_stats, progress=progress,
-        resumed_from=source,
+        resumed_from=source, health_state=ckpt.get("health") if ckpt is not None else None,
     )

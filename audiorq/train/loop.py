@@ -114,6 +114,7 @@ class Trainer:
         self.parts: TrainingParts | None = None
         self._stop_signal: int | None = None
         self._logger: RunLogger | None = None
+        self._health: HealthMonitor | None = None  # rank 0's, when monitor.health is on
         self._pid = os.getpid()
         self.summary: RunSummary | None = None
         self._started, self._start_step = time.perf_counter(), 0  # when and at which step this session's loop began
@@ -183,8 +184,9 @@ class Trainer:
             self._logger.flush()  # the rows up to this step are on disk before the checkpoint that covers them
         rng = gather_objects(p.ctx, rng_state(p.device, p.aug_generator, p.progress))
         if p.ctx.is_main:
+            health = self._health.state_dict() if self._health is not None else None
             save_checkpoint(p.run, make_checkpoint(p.learner, p.optimizer, p.scaler, p.views.augment, p.progress, rng,
-                                                   p.norm_stats, p.cfg))
+                                                   p.norm_stats, p.cfg, health))
             if last or time.perf_counter() - self._last_plot >= PLOT_EVERY_S:
                 self._draw_loss_plot(p)
         return p.run.checkpoint
@@ -257,7 +259,9 @@ class Trainer:
     def _loop(self, p: TrainingParts, logger: RunLogger | None) -> str:
         """Train until the run is over; returns why it stopped (EPOCHS_DONE or MAX_STEPS)."""
         cfg, prog = p.cfg, p.progress
-        health = HealthMonitor(cfg.monitor) if logger is not None and cfg.monitor.health else None
+        health = self._health = HealthMonitor(cfg.monitor) if logger is not None and cfg.monitor.health else None
+        if health is not None and p.health_state is not None:
+            health.load_state_dict(p.health_state, p.device)
         evaluate = self._evaluator(p) if logger is not None else None
         if evaluate is not None and prog.step == 0:
             evaluate(0, 0)  # where the run starts from: the untrained (or warm-started) encoder

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,6 +102,20 @@ class HealthMonitor:
         self.filled = self.position = 0
         self.streak = 0
         self.warned = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The buffer (on the CPU) and counters, so a resumed run measures what the straight run would."""
+        return {"buffer": None if self.buffer is None else self.buffer.cpu(), "filled": self.filled,
+                "position": self.position, "streak": self.streak, "warned": self.warned}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        """Restore `state_dict()`'s values, the buffer onto `device`; a buffer of another size starts afresh."""
+        buffer = state["buffer"]
+        if buffer is not None and buffer.shape[0] != self.cfg.buffer_size:  # monitor.buffer_size changed on resume
+            return
+        self.buffer = None if buffer is None else buffer.to(device)
+        self.filled, self.position = int(state["filled"]), int(state["position"])
+        self.streak, self.warned = int(state["streak"]), bool(state["warned"])
 
     def add(self, embeddings: torch.Tensor) -> None:
         """Append (B, d) clip embeddings of one step (on their device, no host sync)."""

@@ -129,8 +129,9 @@ def rng_state(device: torch.device, aug_generator: torch.Generator, progress: Pr
 def make_checkpoint(
     learner: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, augment: nn.Module,
     progress: Progress, rng: list[dict[str, Any]], norm_stats: list[float], cfg: PretrainConfig,
+    health: dict[str, Any] | None = None,
 ) -> Checkpoint:
-    """The checkpoint mapping of a BYOLLearner run; `rng` holds every rank's `rng_state`."""
+    """The checkpoint mapping of a BYOLLearner run; `rng` holds every rank's `rng_state`, `health` the monitor's."""
     return Checkpoint(
         format=CHECKPOINT_FORMAT,
         encoder=encoder_state(learner.encoder),
@@ -146,6 +147,7 @@ def make_checkpoint(
         norm_stats=list(norm_stats),
         config=to_dict(cfg),
         world_size=len(rng),
+        health=health,
     )
 
 

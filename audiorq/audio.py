@@ -192,6 +192,11 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     return torch.from_numpy(out.astype(np.float32))
 
 
+def resampled_length(frames: int, orig_sr: int, new_sr: int) -> int:
+    """Samples that `resample` makes of `frames` samples: ceil(frames * new_sr / orig_sr), as torchaudio gives."""
+    return -(-frames * new_sr // orig_sr)
+
+
 def resample_supported(orig_sr: int, new_sr: int) -> bool:
     """Whether `resample` takes this pair of rates: both >= 1 and a filter of at most MAX_RESAMPLE_PRODUCT taps."""
     if orig_sr < 1 or new_sr < 1:

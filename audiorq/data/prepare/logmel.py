@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from audiorq.audio import AudioError, load_audio
+from audiorq.audio import AudioError, load_audio, resampled_length
 from audiorq.config import FrontendConfig, from_dict, to_dict
 from audiorq.data.prepare.runner import (
     PrepareSummary, check_destination, default_workers, fix_plan, output_errors, run_shard_jobs,
@@ -93,7 +93,7 @@ def _build_shard(shard_id: int, root: str, rels: list[str], config: dict, shard_
 
 
 def _expected_frames(frames: int, rate: int, sample_rate: int, hop: int) -> int:
-    return 1 + (-(-frames * sample_rate // rate)) // hop
+    return 1 + resampled_length(frames, rate, sample_rate) // hop
 
 
 def plan_shards(clip_frames: list[int], shard_size_frames: int) -> list[list[int]]:

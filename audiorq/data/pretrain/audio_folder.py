@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audiorq.audio import AudioError, load_audio, pad_or_crop, printable_path
+from audiorq.audio import AudioError, load_audio, pad_or_crop, printable_path, resampled_length
 from audiorq.config import SAMPLE_RATE
 from audiorq.data.pretrain.scan import AUDIO_EXTENSIONS, DataSourceError, scan_audio
 
@@ -83,8 +83,7 @@ def read_crop(load: Callable[[float, float | None], torch.Tensor], frames: int, 
     (a multiple of rate/gcd) with a margin on each side, so the crop equals the slice of a full decode. A clip
     shorter than `size` is zero-padded at both ends (floor half at the head, as BYOL-A).
     """
-    length = -(-frames * sample_rate // rate)
-    if length <= size:
+    if resampled_length(frames, rate, sample_rate) <= size:
         return pad_or_crop(load(0.0, None)[:size], size, policy="byola")
     if rate == sample_rate:
         wave = load(offset / rate, size / rate)
@@ -253,8 +252,7 @@ class AudioFolder(EpochCropDataset):
 
     def _read_crop(self, index: int) -> torch.Tensor:
         path, frames, rate = self.path(index), int(self.frames[index]), int(self.native_rates[index])
-        length = -(-frames * self.sample_rate // rate)  # after resampling, as torchaudio gives it
-        offset = self.crop_offset(index, length - self.crop_samples)
+        offset = self.crop_offset(index, resampled_length(frames, rate, self.sample_rate) - self.crop_samples)
         return read_crop(lambda start, duration: load_audio(path, self.sample_rate, start, duration), frames, rate,
                          self.sample_rate, self.crop_samples, offset)
 

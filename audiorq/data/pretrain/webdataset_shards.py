@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from audiorq.atomic import atomic_write, atomic_write_text
-from audiorq.audio import AudioError, audio_bytes_info, decode_audio, printable_path
+from audiorq.audio import AudioError, audio_bytes_info, decode_audio, printable_path, resampled_length
 from audiorq.config import SAMPLE_RATE
 from audiorq.data.pretrain.audio_folder import crop_offset, read_crop, report_bad_file
 from audiorq.data.pretrain.logmel_shards import logmel_crop
@@ -523,7 +523,7 @@ class WebDatasetShards(IterableDataset):
 
     def _audio_crop(self, raw: _Raw, epoch: int) -> torch.Tensor:
         info = audio_bytes_info(raw.data, raw.name)
-        length = -(-info.frames * self.sample_rate // info.sample_rate)  # after resampling, as torchaudio gives it
+        length = resampled_length(info.frames, info.sample_rate, self.sample_rate)
         offset = crop_offset(self.seed, epoch, raw.item, length - self.crop_samples)
 
         def load(start: float, duration: float | None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import NoReturn
 import click
 
 from audiorq import __version__
-from audiorq.config import SAMPLE_RATE
+from audiorq.config import FrontendConfig, SAMPLE_RATE
 
 
 def _user_error(command: str, error: BaseException) -> NoReturn:
@@ -233,7 +233,7 @@ def listen(audio: str, aug: str, bins: int, views: int, seed: int, start: float,
       audiorq listen long.ogg --aug rq,mixup,rrc --start 30 --duration 5
     """
     from audiorq.audio import AudioError
-    from audiorq.config import ConfigError, FrontendConfig, recipe_section
+    from audiorq.config import ConfigError, recipe_section
     from audiorq.listen import ListenError, default_out_dir, listen as run
 
     if frontend_alias is not None:
@@ -384,16 +384,11 @@ def prepare_logmel_command(src: str, dst: str, overrides: tuple[str, ...], worke
     OVERRIDES are frontend settings as key=value (e.g. mel_scale=htk n_mels=64), applied after --recipe.
     Unusable files are skipped and listed; exit status 1 if there were any.
     """
-    from audiorq.config import FrontendConfig, apply_overrides, from_dict, recipe_section
     from audiorq.data.messages import one_line_warnings
     from audiorq.data.prepare import DEFAULT_SHARD_SIZE_FRAMES, prepare_logmel
 
     try:
-        if recipe is not None:
-            config = recipe_section(FrontendConfig, recipe, "frontend", list(overrides))
-        else:
-            config = from_dict(FrontendConfig, apply_overrides({}, list(overrides)), prefix="frontend.")
-            config.validate()
+        config = _frontend_settings(recipe, overrides)
         with one_line_warnings():
             summary = prepare_logmel(src, dst, config, shard_size_frames=shard_size or DEFAULT_SHARD_SIZE_FRAMES,
                                      workers=workers, progress=progress, max_new_shards=max_shards)
@@ -425,18 +420,13 @@ def prepare_webdataset_command(src: str, dst: str, overrides: tuple[str, ...], c
     Train on them with data.kind=webdataset data.source=DST. OVERRIDES (logmel) are frontend settings as
     key=value, applied after --recipe. Unusable files are skipped and listed; exit status 1 if there were any.
     """
-    from audiorq.config import FrontendConfig, apply_overrides, from_dict, recipe_section
     from audiorq.data.messages import one_line_warnings
     from audiorq.data.prepare import DEFAULT_CLIPS_PER_SHARD, prepare_webdataset
 
     try:
         config = None
         if content == "logmel":
-            if recipe is not None:
-                config = recipe_section(FrontendConfig, recipe, "frontend", list(overrides))
-            else:
-                config = from_dict(FrontendConfig, apply_overrides({}, list(overrides)), prefix="frontend.")
-                config.validate()
+            config = _frontend_settings(recipe, overrides)
         elif overrides or recipe:
             raise ValueError("frontend settings (--recipe, key=value) only apply to --content logmel")
         with one_line_warnings():
@@ -446,6 +436,17 @@ def prepare_webdataset_command(src: str, dst: str, overrides: tuple[str, ...], c
         _user_error("prepare webdataset", e)
     click.echo(str(summary))
     _exit_if_bad("prepare webdataset", summary.n_bad, "used", "the shards hold the others")
+
+
+def _frontend_settings(recipe: str | None, overrides: tuple[str, ...]) -> FrontendConfig:
+    """The frontend of `prepare`: the recipe's `frontend:` section (or the defaults), then key=value overrides."""
+    from audiorq.config import apply_overrides, from_dict, recipe_section
+
+    if recipe is not None:
+        return recipe_section(FrontendConfig, recipe, "frontend", list(overrides))
+    config = from_dict(FrontendConfig, apply_overrides({}, list(overrides)), prefix="frontend.")
+    config.validate()
+    return config
 
 
 def _norm_stats_option(text: str | None) -> tuple[float, float] | None:

@@ -728,7 +728,7 @@ class MinimalBYOL(torch.nn.Module):
 def section_overhead(ctx: Context) -> dict[str, Any]:
     """The recipe's real steps from log-mel shards vs a minimal BYOL step on ready-made views, same sizes.
 
-    The two alternate in rounds (after one warm-up step each), so a machine whose load drifts slows both
+    The two alternate in rounds (after the plan's warm-up steps each), so a machine whose load drifts slows both
     alike; the ratio is of the median step times.
     """
     need_corpus(ctx)

@@ -25,9 +25,9 @@ def compute_norm_stats(
     """(mean, std) of the log-mel of min(n_items, len(dataset)) items drawn without replacement by `seed`.
 
     A streamed dataset (one with `first_items(n)`, e.g. WebDatasetShards) gives its first n items of epoch 0
-    instead, read in this process. Items of a wave dataset (``dataset.kind == "wave"``, (S,)) go through `frontend` on `device` in batches;
-    items of a log-mel dataset ((1, n_mels, T)) are used directly and `frontend` may be None. Bad (None)
-    items are skipped. Sums are accumulated in float64 on `device`.
+    instead, read in this process. Items of a wave dataset (``dataset.kind == "wave"``, (S,)) go through
+    `frontend` on `device` in batches; items of a log-mel dataset ((1, n_mels, T)) are used directly and
+    `frontend` may be None. Bad (None) items are skipped. Sums are accumulated in float64 on `device`.
     """
     n = min(int(n_items), len(dataset))
     if n <= 0:
